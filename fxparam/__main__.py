@@ -1,0 +1,5 @@
+import sys
+
+from fxparam.cli import main
+
+sys.exit(main())
