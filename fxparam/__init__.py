@@ -11,16 +11,47 @@ from fxparam.errors import (
     PlanError,
 )
 
+from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
+
 __version__ = "0.1.0"
+
+
+def inspect(model, example_inputs=None) -> Analysis:
+    """Analyse ``model``'s structure without modifying it.
+
+    Captures a meta-device skeleton (no memory, cost independent of width), then finds
+    residual blocks, parameter roles and width dimensions, attention sites, norms and
+    tied weights.
+
+    Args:
+        model: any ``torch.nn.Module``.
+        example_inputs: a tensor, tuple, dict of kwargs or ``(args, kwargs)``; optional
+            for ``fxparam.models.GPT`` and Hugging Face models (``config.vocab_size``).
+
+    Example:
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> fxparam.inspect(GPT(GPTConfig(width=64, depth=2))).depth
+        2
+    """
+    from fxparam.analysis import analyse
+
+    return analyse(model, example_inputs)
+
 
 __all__ = [
     "AlreadyTransformedError",
+    "Analysis",
+    "AttentionSite",
     "AnalysisError",
     "CaptureError",
     "ConfigError",
     "FxparamError",
     "LoweringError",
+    "NormSite",
     "OptimizerError",
+    "ParamInfo",
     "PlanError",
+    "ResidualSite",
     "__version__",
+    "inspect",
 ]

@@ -1,0 +1,55 @@
+"""Time ``fxparam.inspect`` on a Llama-2-7B-sized config vs a 2-layer config of the same width.
+
+Run: ``python benchmarks/inspect_time.py``. Writes benchmarks/results/inspect_time.json.
+Models are built on the meta device (no memory); capture shortens repeated blocks, so
+the 32-layer inspect should cost about the same as the 2-layer one.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import fxparam
+from fxparam.hf import hf_model
+
+SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+               vocab_size=32000, max_position_embeddings=4096)
+
+
+def timed_inspect(layers: int, repeats: int = 3) -> tuple[float, fxparam.Analysis]:
+    best, analysis = float("inf"), None
+    for _ in range(repeats):
+        model = hf_model("llama", device="meta", num_hidden_layers=layers, **SEVEN_B)
+        start = time.perf_counter()
+        analysis = fxparam.inspect(model)
+        best = min(best, time.perf_counter() - start)
+    return best, analysis
+
+
+def main() -> None:
+    timed_inspect(2, repeats=1)  # warm-up: first export pays one-off import/tracing costs
+    t2, a2 = timed_inspect(2)
+    t32, a32 = timed_inspect(32)
+    assert a32.depth == 32 and a2.depth == 2
+    result = {
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "inspect_2_layers_s": round(t2, 3),
+        "inspect_32_layers_s": round(t32, 3),
+        "ratio_32_over_2": round(t32 / t2, 2),
+        "depth_ratio": 16.0,
+    }
+    print(f"inspect Llama-7B-sized, 2 layers : {t2:.3f} s")
+    print(f"inspect Llama-7B-sized, 32 layers: {t32:.3f} s  (ratio {t32 / t2:.2f}x for 16x the depth)")
+    out = Path(__file__).parent / "results" / "inspect_time.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""capture -> graph -> facts: the pure analysis behind ``fxparam.inspect``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
+from fxparam.analysis.graph import build_graph
+from fxparam.analysis.structure import StructureFinder
+from fxparam.capture import Capture, capture
+
+
+def tied_groups(model: nn.Module) -> list[list[str]]:
+    """Groups of FQNs that name one shared Parameter (by identity), in registration order."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _module_of(fqn: str) -> str:
+    return fqn.rpartition(".")[0]
+
+
+def analyse(model: nn.Module, example_inputs: Any = None, *, cap: Capture | None = None) -> Analysis:
+    """Analyse ``model`` without modifying it (see ``fxparam.inspect``)."""
+    cap = cap or capture(model, example_inputs)
+    mg = build_graph(cap)
+    sf = StructureFinder(mg)
+    width = sf.width()
+
+    # --- per skeleton parameter: uses and role ---------------------------------------
+    skel_info: dict[str, dict[str, Any]] = {}  # skeleton FQN of the use's alias -> fields
+    for pnode, fqn in mg.param_of.items():
+        shape = list(mg.shape(pnode) or [])
+        uses = sf.uses.get(pnode, [])
+        aliases = _aliases(cap, fqn)
+        # Each alias gets the role of the uses its own module performs (tied weights:
+        # the embedding alias gets the embedding rules, the lm_head alias the readout).
+        for alias in aliases:
+            own = [u for u in uses if u.owner == _module_of(alias)] or uses
+            skel_info[alias] = _role(sf, shape, own, width)
+        tied_primary = _primary(aliases, skel_info)
+        for alias in aliases:
+            if alias != tied_primary:
+                skel_info[alias]["tied_to"] = tied_primary
+
+    # --- expand to the model's real FQNs --------------------------------------------
+    groups = tied_groups(model)
+    params: dict[str, ParamInfo] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        skel = cap.skeleton_name(name)
+        info = dict(skel_info.get(skel) or _unused(list(p.shape)))
+        if info.get("tied_to"):
+            info["tied_to"] = _real_like(info["tied_to"], name, skel)
+        info["module"] = _module_of(name)
+        block = sf.block_of(_prefixes(skel))
+        info["block"] = _real_like(block, name, skel) if block else None
+        params[name] = ParamInfo(**info)
+
+    residuals: list[ResidualSite] = []
+    blocks: list[str] = []
+    for site in sf.sites:
+        for real_block in cap.real_names(site.block):
+            ren = lambda f, rb=real_block: _rename(f, site.block, rb)  # noqa: E731
+            residuals.append(
+                ResidualSite(
+                    block=real_block,
+                    branch=ren(site.branches[0]),
+                    branches=[ren(b) for b in site.branches],
+                    output_modules=[ren(m) for m in site.output_modules],
+                )
+            )
+    for r in sorted(residuals, key=lambda r: _block_key(r.block)):
+        if r.block not in blocks:
+            blocks.append(r.block)
+    residuals.sort(key=lambda r: _block_key(r.block))
+
+    attention: list[AttentionSite] = []
+    for a in sf.attention_sites():
+        for real in cap.real_names(a.module):
+            changes = {"module": real}
+            if a.scale_attr_module is not None:
+                changes["scale_attr_module"] = _rename(a.scale_attr_module, a.module, real)
+            attention.append(a.model_copy(update=changes))
+    norms: list[NormSite] = []
+    for n in sf.norm_sites():
+        for real in cap.real_names(n.module):
+            norms.append(n.model_copy(update={"module": real, "params": [_rename(p, n.module, real) for p in n.params]}))
+    attention.sort(key=lambda a: _block_key(a.module))
+    norms.sort(key=lambda n: _block_key(n.module))
+
+    return Analysis(
+        model_class=cap.model_class,
+        width=width,
+        depth=len(blocks),
+        blocks=blocks,
+        residuals=residuals,
+        params=params,
+        attention=attention,
+        tied=groups,
+        norms=norms,
+        capture_method=cap.method,
+        capture_seconds=round(cap.seconds, 4),
+    )
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _role(sf: StructureFinder, shape: list[int], uses: list, width: int | None) -> dict[str, Any]:
+    kinds = {u.kind for u in uses}
+    base: dict[str, Any] = {"shape": shape, "module": "", "used": bool(uses)}
+    if "embedding" in kinds:
+        return base | {"role": "embedding", "fan_in_width": False, "fan_out_width": True,
+                       "fan_in": shape[0] if shape else None, "fan_out": shape[-1] if shape else None}
+    mm = [u for u in uses if u.kind == "matmul"]
+    if mm and len(shape) >= 2:
+        u = mm[0]
+        fan_in = shape[u.fan_in_dim] if u.fan_in_dim is not None else shape[-1]
+        fan_out = shape[1 - u.fan_in_dim] if u.fan_in_dim in (0, 1) else shape[0]
+        sizes = {"fan_in": fan_in, "fan_out": fan_out}
+        if any(x.node in sf.in_branch for x in mm):
+            return base | sizes | {"role": "hidden", "fan_in_width": True, "fan_out_width": True}
+        inp = all(sf.input_side(x) for x in mm)
+        out = any(sf.output_side(x) for x in mm)
+        if inp and out:  # a single layer: no dimension can be told to grow with width
+            return base | sizes | {"role": "readout", "fan_in_width": False, "fan_out_width": False}
+        if inp:
+            return base | sizes | {"role": "embedding", "fan_in_width": False, "fan_out_width": True}
+        if out and fan_out != width:
+            return base | sizes | {"role": "readout", "fan_in_width": True, "fan_out_width": False}
+        return base | sizes | {"role": "hidden", "fan_in_width": True, "fan_out_width": True}
+    if len(shape) >= 2 and uses and not any(sf.block_of(sf.mg.stack.get(u.node, [])) for u in uses):
+        # a table added to the input (e.g. a learned position Parameter): embedding-like
+        return base | {"role": "embedding", "fan_in_width": False, "fan_out_width": True,
+                       "fan_in": shape[-2], "fan_out": shape[-1]}
+    return base | {"role": "vector", "fan_in_width": False, "fan_out_width": True,
+                   "fan_out": shape[-1] if shape else None}
+
+
+def _unused(shape: list[int]) -> dict[str, Any]:
+    role = "vector" if len(shape) <= 1 else "hidden"
+    return {"role": role, "shape": shape, "fan_in_width": len(shape) > 1, "fan_out_width": True,
+            "module": "", "used": False}
+
+
+def _aliases(cap: Capture, fqn: str) -> list[str]:
+    """All skeleton FQNs naming the same Parameter as ``fqn``."""
+    root = cap.modules.get("")
+    if root is None:
+        return [fqn]
+    target = root.get_parameter(fqn)
+    return [n for n, p in root.named_parameters(remove_duplicate=False) if p is target] or [fqn]
+
+
+def _primary(aliases: list[str], info: dict[str, dict[str, Any]]) -> str:
+    for alias in aliases:
+        if info[alias]["role"] == "embedding":
+            return alias
+    return aliases[0]
+
+
+def _prefixes(fqn: str) -> list[str]:
+    parts = fqn.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _rename(fqn: str, old_prefix: str, new_prefix: str) -> str:
+    if old_prefix and (fqn == old_prefix or fqn.startswith(old_prefix + ".")):
+        return new_prefix + fqn[len(old_prefix) :]
+    return fqn
+
+
+def _real_like(skel_fqn: str, real_name: str, skel_name: str) -> str:
+    """Map a skeleton FQN into the block of ``real_name`` (same shortening offset)."""
+    if real_name == skel_name:
+        return skel_fqn
+    # find the differing block index and substitute it
+    r, s = real_name.split("."), skel_name.split(".")
+    out = skel_fqn.split(".")
+    for i, (a, b) in enumerate(zip(r, s)):
+        if a != b and i < len(out) and out[i] == b:
+            out[i] = a
+    return ".".join(out)
+
+
+def _block_key(fqn: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in fqn.split("."))

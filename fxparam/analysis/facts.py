@@ -1,0 +1,116 @@
+"""What the analysis found, as JSON-serialisable pydantic records keyed by FQN."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["embedding", "hidden", "readout", "vector"]
+
+
+class _Fact(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParamInfo(_Fact):
+    """One parameter (every FQN, tied aliases included).
+
+    Attributes:
+        role: embedding (input side), hidden (width->width matmul), readout (width->fixed
+            output), vector (biases, gains, other parameters without a matmul).
+        fan_in_width / fan_out_width: whether that dimension grows with model width.
+        fan_in / fan_out: sizes of those dimensions (None for vectors' fan-in).
+        module: FQN of the module that owns the parameter.
+        block: FQN of the residual block it sits in, if any.
+        tied_to: for an alias of a shared Parameter, the FQN that owns the rules.
+        used: False when the parameter never appears in the captured forward.
+    """
+
+    role: Role
+    shape: list[int]
+    fan_in_width: bool
+    fan_out_width: bool
+    fan_in: int | None = None
+    fan_out: int | None = None
+    module: str
+    block: str | None = None
+    tied_to: str | None = None
+    used: bool = True
+
+
+class ResidualSite(_Fact):
+    """A residual add: ``stream = skip + branch(es)``.
+
+    Attributes:
+        block: FQN of the repeated block that holds the add.
+        branch: FQN of the module whose output is added (the first, for parallel residuals).
+        branches: all branch modules added at this site (two for GPT-J / NeoX parallel blocks).
+        output_modules: the innermost modules whose outputs are the branch values (up to
+            linear ops such as dropout or views): where a branch multiplier is applied.
+    """
+
+    block: str
+    branch: str
+    branches: list[str]
+    output_modules: list[str]
+
+
+class AttentionSite(_Fact):
+    """An attention softmax, with its logit scale as captured.
+
+    Attributes:
+        module: FQN of the module that calls attention.
+        head_dim: size of the query/key vectors.
+        scale: the logit scale in use (SDPA's default 1/sqrt(head_dim) made explicit).
+        kind: "sdpa" or "manual" (matmul, scale, softmax).
+        scale_attr: the module attribute holding the scale (``scaling``, ``scale``...), if any;
+            the eager lowering sets it.
+    """
+
+    module: str
+    head_dim: int
+    scale: float
+    kind: Literal["sdpa", "manual"]
+    scale_attr: str | None = None
+    scale_attr_module: str | None = None
+
+
+class NormSite(_Fact):
+    """A normalisation layer (its gain / bias are vectors)."""
+
+    module: str
+    kind: Literal["layernorm", "rmsnorm"]
+    params: list[str] = Field(default_factory=list)
+    module_class: str = ""
+
+
+class Analysis(_Fact):
+    """Structure of a model as fxparam sees it.  ``print(analysis)`` shows a table."""
+
+    model_class: str
+    width: int | None = Field(description="residual-stream (or hidden matmul fan-in) size")
+    depth: int
+    blocks: list[str]
+    residuals: list[ResidualSite]
+    params: dict[str, ParamInfo]
+    attention: list[AttentionSite]
+    tied: list[list[str]]
+    norms: list[NormSite]
+    capture_method: str = "export"
+    capture_seconds: float = 0.0
+
+    def to_json(self, **kwargs: object) -> str:
+        return self.model_dump_json(indent=2, **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Analysis:
+        return cls.model_validate_json(text)
+
+    def by_role(self, role: Role) -> list[str]:
+        return [name for name, p in self.params.items() if p.role == role]
+
+    def __str__(self) -> str:
+        from fxparam.analysis.report import format_analysis
+
+        return format_analysis(self)

@@ -1,0 +1,46 @@
+"""Human-readable tables for an Analysis (``print(analysis)`` and ``fxparam inspect``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fxparam.analysis.facts import Analysis
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*map(str, r)) for r in rows]
+
+
+def format_analysis(a: Analysis, *, max_rows: int = 60) -> str:
+    lines = [
+        f"{a.model_class}: width {a.width}, depth {a.depth} "
+        f"({len(a.residuals)} residual sites), {len(a.attention)} attention sites, "
+        f"{len(a.norms)} norms, captured by {a.capture_method} in {a.capture_seconds:.2f}s",
+        "",
+    ]
+    rows = []
+    for name, p in a.params.items():
+        dims = ("W" if p.fan_in_width else "-") + ("W" if p.fan_out_width else "-")
+        rows.append([name, p.role, "x".join(map(str, p.shape)), dims, p.tied_to or ""])
+    if len(rows) > max_rows:
+        rows = rows[: max_rows // 2] + [["...", "", "", "", ""]] + rows[-max_rows // 2 :]
+    lines += _table(rows, ["parameter", "role", "shape", "in/out width", "tied to"])
+    if a.residuals:
+        lines += ["", "residual sites (first block, last block):"]
+        shown = [r for r in a.residuals if r.block in (a.blocks[0], a.blocks[-1])]
+        lines += _table([[r.block, ", ".join(r.branches), ", ".join(r.output_modules)] for r in shown],
+                        ["block", "branches", "multiplier applied at"])
+    if a.attention:
+        lines += ["", "attention (first):"]
+        at = a.attention[0]
+        lines += _table([[at.module, at.kind, at.head_dim, f"{at.scale:.4g}", at.scale_attr or "(none)"]],
+                        ["module", "kind", "head dim", "logit scale", "scale attribute"])
+    if a.tied:
+        lines += ["", "tied: " + "; ".join(" = ".join(g) for g in a.tied)]
+    if a.norms:
+        kinds = sorted({n.kind for n in a.norms})
+        lines += ["", f"norms: {len(a.norms)} ({', '.join(kinds)}), e.g. {a.norms[0].module}"]
+    return "\n".join(lines)
