@@ -82,7 +82,10 @@ def _user_factory(spec: str) -> ModelFactory:
             if key not in takes:
                 raise ConfigError(f"{spec}: the factory takes no {key!r} argument, so it cannot be swept over {key}")
             kwargs[key] = value
-        model = factory(**kwargs)
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise ConfigError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
         return model

@@ -131,3 +131,8 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])
             loss = None
         return logits, loss
+
+
+def make(width: int = 64, depth: int = 3) -> GPT:
+    """Factory used by the CLI tests (``tests.nanogpt_style:make``)."""
+    return GPT(GPTConfig(n_embd=width, n_layer=depth, n_head=max(1, width // 16)))

@@ -21,6 +21,8 @@ class ParamInfo(_Fact):
             output), vector (biases, gains, other parameters without a matmul).
         fan_in_width / fan_out_width: whether that dimension grows with model width.
         fan_in / fan_out: sizes of those dimensions (None for vectors' fan-in).
+        fan_in_dim: which tensor dimension is the fan-in (1 for torch Linear [out, in],
+            0 for embeddings and HF Conv1D [in, out]); None for vectors.
         module: FQN of the module that owns the parameter.
         block: FQN of the residual block it sits in, if any.
         tied_to: for an alias of a shared Parameter, the FQN that owns the rules.
@@ -33,6 +35,7 @@ class ParamInfo(_Fact):
     fan_out_width: bool
     fan_in: int | None = None
     fan_out: int | None = None
+    fan_in_dim: int | None = None
     module: str
     block: str | None = None
     tied_to: str | None = None

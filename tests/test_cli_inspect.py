@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from fxparam.cli import main
+
+
+def test_inspect_gpt_table(capsys):
+    assert main(["inspect", "gpt", "--width", "64", "--depth", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "GPT: width 64, depth 2" in out and "lm_head.weight" in out
+
+
+def test_inspect_hf_json(capsys):
+    pytest.importorskip("transformers")
+    assert main(["inspect", "hf:llama", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["depth"] == 2 and data["params"]["lm_head.weight"]["role"] == "readout"
+
+
+def test_inspect_user_factory(capsys):
+    assert main(["inspect", "tests.nanogpt_style:GPT"]) == 2  # needs a config: clear one-line error
+    err = capsys.readouterr().err
+    assert err.startswith("fxparam inspect: error:") and "Traceback" not in err
+
+
+def test_inspect_unknown_target(capsys):
+    assert main(["inspect", "nonsense"]) == 2
+    assert "unknown model 'nonsense'" in capsys.readouterr().err
+
+
+def test_inspect_user_factory_ok(capsys):
+    assert main(["inspect", "tests.nanogpt_style:make", "--depth", "5"]) == 0
+    assert "depth 5" in capsys.readouterr().out
