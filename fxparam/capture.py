@@ -15,6 +15,7 @@ import copy
 import inspect as _inspect
 import os
 import re
+import sysconfig
 import time
 import traceback
 from collections.abc import Iterable
@@ -151,8 +152,11 @@ def default_example_inputs(model: nn.Module) -> tuple[tuple, dict]:
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None)
     if isinstance(vocab, int):
-        kwargs: dict[str, Any] = {"input_ids": torch.zeros(2, 8, dtype=torch.long)}
+        ids = torch.zeros(2, 8, dtype=torch.long)
         params = _inspect.signature(model.forward).parameters
+        if "input_ids" not in params:  # nanoGPT-style forward(idx, targets=None)
+            return (ids,), {}
+        kwargs: dict[str, Any] = {"input_ids": ids}
         if "use_cache" in params:
             kwargs["use_cache"] = False
         return (), kwargs
@@ -183,6 +187,7 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_STDLIB_DIR = sysconfig.get_paths()["stdlib"]
 
 
 def _user_frame(exc: BaseException) -> str | None:
@@ -190,7 +195,7 @@ def _user_frame(exc: BaseException) -> str | None:
     here = os.path.dirname(__file__)
     frames = traceback.extract_tb(exc.__traceback__)
     for frame in reversed(frames):
-        if frame.filename.startswith(_TORCH_DIR) or frame.filename.startswith(here):
+        if frame.filename.startswith((_TORCH_DIR, here, _STDLIB_DIR)):
             continue
         line = (frame.line or "").strip()
         return f"{frame.filename}:{frame.lineno} in {frame.name}: `{line}`"
