@@ -202,7 +202,9 @@ def make_schedule(
             )
         return name
     if name not in SCHEDULE_NAMES:
-        raise RecipeError(f"make_schedule: unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
+        raise RecipeError(
+            f"make_schedule: unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}"
+        )
     if total_steps is None:
         raise RecipeError(f"{where}: total_steps is required (the number of optimizer updates)")
     if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps <= 0:
@@ -216,7 +218,9 @@ def make_schedule(
             raise RecipeError(f"{where}: D2Z decays to zero; use 'linear' for decay_factor={decay_factor}")
         kwargs.update(kind="linear", final_fraction=0.0)
     elif name in ("linear", "cosine"):
-        kwargs.update(kind=name, final_fraction=_final_fraction(10.0 if decay_factor is None else decay_factor, where))
+        kwargs.update(
+            kind=name, final_fraction=_final_fraction(10.0 if decay_factor is None else decay_factor, where)
+        )
     elif name == "wsd":
         kwargs.update(
             kind="wsd",
@@ -289,9 +293,7 @@ def scheduler(optimizer: torch.optim.Optimizer, schedule: str | Schedule, **kwar
     return LambdaLR(optimizer, lr_lambda=make_schedule(schedule, **kwargs))
 
 
-def d2z(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int | None = None
-) -> LambdaLR:
+def d2z(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int | None = None) -> LambdaLR:
     """Warmup then linear decay to exactly zero at the last update (D2Z), as a ``LambdaLR``.
 
     Args:

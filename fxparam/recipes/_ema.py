@@ -9,7 +9,7 @@ With per-step ``alpha_t = eta_t * lambda`` (PyTorch's coupled decay), the update
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ class EMAProfile:
         peak_lr: the group's peak learning rate (``max_t eta_t``).
     """
 
-    coefficients: npt.NDArray[np.float64]
+    coefficients: npt.NDArray[np.float64] = field(repr=False)
     initial_weight: float
     effective_updates: float
     weight_decay: float
@@ -66,7 +66,7 @@ def ema_profile(lrs: npt.ArrayLike, weight_decay: float) -> EMAProfile:
 
     Example:
         >>> p = ema_profile([0.1, 0.1], weight_decay=1.0)
-        >>> [round(c, 3) for c in p.coefficients], round(p.initial_weight, 3)
+        >>> p.coefficients.round(3).tolist(), round(p.initial_weight, 3)
         ([0.09, 0.1], 0.81)
     """
     where = "ema_profile"
@@ -141,7 +141,9 @@ def multipliers_for(
         total_steps = own.pop()
     steps = np.arange(int(total_steps))
     return [
-        array_1d(f.values(steps) if isinstance(f, Schedule) else [f(int(t)) for t in steps], "multipliers", where)
+        array_1d(
+            f.values(steps) if isinstance(f, Schedule) else [f(int(t)) for t in steps], "multipliers", where
+        )
         for f in fns
     ]
 

@@ -41,7 +41,9 @@ class PowerLawFit(BaseModel):
     def exponent(self) -> float:
         """The exponent of a one-regressor fit."""
         if len(self.exponents) != 1:
-            raise RecipeError(f"PowerLawFit.exponent: the fit has {len(self.exponents)} exponents; use .exponents")
+            raise RecipeError(
+                f"PowerLawFit.exponent: the fit has {len(self.exponents)} exponents; use .exponents"
+            )
         return self.exponents[0]
 
     def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -93,12 +95,16 @@ def fit_power_law(
     if xs.ndim == 1:
         xs = xs[:, None]
     if xs.ndim != 2 or xs.shape[0] != ys.size:
-        raise RecipeError(f"{where}: x must have shape (n,) or (n, k) with n = len(y) = {ys.size}, got {xs.shape}")
+        raise RecipeError(
+            f"{where}: x must have shape (n,) or (n, k) with n = len(y) = {ys.size}, got {xs.shape}"
+        )
     k = xs.shape[1]
     if ys.size < k + 2:
         raise RecipeError(f"{where}: need at least {k + 2} points to fit {k} exponent(s), got {ys.size}")
     if not np.isfinite(xs).all() or (xs <= 0).any() or (ys <= 0).any():
-        raise RecipeError(f"{where}: x and y must be positive and finite (a power law is fitted in log space)")
+        raise RecipeError(
+            f"{where}: x and y must be positive and finite (a power law is fitted in log space)"
+        )
     conf = number(confidence, "confidence", where)
     if not 0 < conf < 1:
         raise RecipeError(f"{where}: confidence must be in (0, 1), got {confidence}")
@@ -106,7 +112,9 @@ def fit_power_law(
         raise RecipeError(f"{where}: n_bootstrap must be >= 0, got {n_bootstrap}")
     logx, logy = np.log(xs), np.log(ys)
     if (np.ptp(logx, axis=0) == 0).any():
-        raise RecipeError(f"{where}: a regressor does not vary across the points; its exponent is undetermined")
+        raise RecipeError(
+            f"{where}: a regressor does not vary across the points; its exponent is undetermined"
+        )
     if np.linalg.matrix_rank(np.column_stack([np.ones(ys.size), logx])) < k + 1:
         raise RecipeError(f"{where}: the regressors are collinear in log space; vary them independently")
     sol = _lstsq(logx, logy)

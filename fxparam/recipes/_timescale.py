@@ -262,7 +262,9 @@ def b_crit(
     try:
         b_ref, d_ref = measured
     except (TypeError, ValueError):
-        raise RecipeError(f"{where}: measured must be a pair (b_crit_tokens, at_tokens), got {measured!r}") from None
+        raise RecipeError(
+            f"{where}: measured must be a pair (b_crit_tokens, at_tokens), got {measured!r}"
+        ) from None
     b_ref = positive(b_ref, "measured b_crit_tokens", where)
     d_ref = positive(d_ref, "measured at_tokens", where)
     return b_ref * (d / d_ref) ** m

@@ -9,7 +9,7 @@ compared by correlation, not an absolute loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -63,7 +63,9 @@ def rank_windows(
     c = array_1d(coefficients, "coefficients", where)
     n = c.size
     if isinstance(window_steps, bool) or int(window_steps) != window_steps or not 1 <= window_steps <= n:
-        raise RecipeError(f"{where}: window_steps must be an integer in [1, {n}] (the run length), got {window_steps}")
+        raise RecipeError(
+            f"{where}: window_steps must be an integer in [1, {n}] (the run length), got {window_steps}"
+        )
     w = int(window_steps)
     s = max(1, w // 10) if stride is None else int(stride)
     if s < 1:
@@ -88,9 +90,9 @@ class TRECPrediction:
         m, p: the exponents used.
     """
 
-    t_hat: npt.NDArray[np.float64]
-    curve: npt.NDArray[np.float64]
-    coefficients: npt.NDArray[np.float64]
+    t_hat: npt.NDArray[np.float64] = field(repr=False)
+    curve: npt.NDArray[np.float64] = field(repr=False)
+    coefficients: npt.NDArray[np.float64] = field(repr=False)
     m: float
     p: float
 
@@ -104,7 +106,9 @@ class TRECPrediction:
         """``t_hat`` of the curve's minimum."""
         return float(self.t_hat[self.valley_index])
 
-    def rank_windows(self, window_steps: int, *, stride: int | None = None, top: int | None = None) -> list[Window]:
+    def rank_windows(
+        self, window_steps: int, *, stride: int | None = None, top: int | None = None
+    ) -> list[Window]:
         """:func:`rank_windows` over this run's EMA coefficients."""
         return rank_windows(self.coefficients, window_steps, stride=stride, top=top)
 
@@ -120,13 +124,17 @@ def _trec_coefficients(mults: npt.NDArray[np.float64], tau: float, where: str) -
     return ema_profile(mults / (tau * steps), 1.0).coefficients
 
 
-def _shape(c: npt.NDArray[np.float64], t_hat: npt.NDArray[np.float64], m: float, p: float) -> npt.NDArray[np.float64]:
+def _shape(
+    c: npt.NDArray[np.float64], t_hat: npt.NDArray[np.float64], m: float, p: float
+) -> npt.NDArray[np.float64]:
     cmax = c.max()
     chat = c / cmax if cmax > 0 else c
     return 1.0 - chat**p * t_hat**m
 
 
-def _multipliers(schedule: Schedule | str | npt.ArrayLike, total_steps: int | None, where: str) -> npt.NDArray[np.float64]:
+def _multipliers(
+    schedule: Schedule | str | npt.ArrayLike, total_steps: int | None, where: str
+) -> npt.NDArray[np.float64]:
     if isinstance(schedule, (Schedule, str)):
         sched = make_schedule(schedule, total_steps=total_steps) if isinstance(schedule, str) else schedule
         return sched.values()

@@ -1,0 +1,157 @@
+"""``fxparam collapse``: compare loss curves on collapse axes; non-zero exit when one drifts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fxparam.errors import RecipeError
+from fxparam.recipes._collapse import (
+    ALIGN_WINDOW,
+    DEFAULT_SMOOTH,
+    DEFAULT_T_MIN,
+    DEFAULT_THRESHOLD,
+    NormalisedCurve,
+    collapse_plot,
+    collapse_residual,
+    normalise_curve,
+    read_loss_csv,
+)
+
+#: Exit status when at least one run drifts from the reference (the CI gate).
+EXIT_ALARM = 1
+
+_EPILOG = f"""\
+input: CSV files with a header that has 'step' and 'loss' columns; extra columns are ignored.
+Each run is put on collapse axes: t_hat = step / total_steps and loss / L(T). A complete run
+divides by its final (smoothed) loss; a run whose last step is before its --total-steps is
+early-aligned to the reference over t_hat in [{ALIGN_WINDOW[0]}, {ALIGN_WINDOW[1]}], and that divisor is
+printed as its final-loss forecast. The reference (--ref, default the first run) must be complete.
+
+exit status: 0 when every run stays within --threshold of the reference, {EXIT_ALARM} when the alarm fires
+for any run (use it to gate CI), 2 on bad input.
+
+example:
+  fxparam collapse run1.csv run2.csv --ref small.csv --out collapse.png
+  fxparam collapse big_partial.csv --ref small.csv --total-steps 200000
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``collapse`` sub-command."""
+    p = subparsers.add_parser(
+        "collapse",
+        help="loss-curve collapse: residuals vs a reference run, alarm, forecast, plot",
+        description="Normalise loss logs (CSV with step,loss columns) and check they collapse onto a reference.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="CSV loss logs (columns step,loss; extra columns ok)")
+    p.add_argument("--ref", type=Path, help="reference run CSV (complete; default: the first run)")
+    p.add_argument(
+        "--total-steps",
+        nargs="+",
+        metavar="N",
+        help="planned total steps of each run, in order ('-' = its last logged step; default: last step)",
+    )
+    p.add_argument(
+        "--ref-total-steps", type=float, help="planned total steps of the reference (default: last step)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"alarm when |residual| exceeds this, in units of L(T) (default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--t-min",
+        type=float,
+        default=DEFAULT_T_MIN,
+        help=f"ignore t_hat below this (default {DEFAULT_T_MIN})",
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=DEFAULT_SMOOTH,
+        help=f"moving-average width in t_hat, 0 = none (default {DEFAULT_SMOOTH})",
+    )
+    p.add_argument("--out", type=Path, help="write the collapse plot (PNG) here (needs matplotlib)")
+    p.set_defaults(func=run)
+
+
+def _totals(values: list[str] | None, n: int) -> list[float | None]:
+    if values is None:
+        return [None] * n
+    if len(values) != n:
+        raise RecipeError(
+            f"--total-steps got {len(values)} value(s) for {n} run(s); give one per run, in order "
+            "('-' for a run's last logged step)"
+        )
+    out: list[float | None] = []
+    for v in values:
+        if v == "-":
+            out.append(None)
+            continue
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise RecipeError(f"--total-steps: {v!r} is not a number (or '-')") from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Normalise, compare, print the residual table, plot; return 1 when the alarm fires."""
+    ref_path = args.ref or args.runs[0]
+    ref_steps, ref_losses = read_loss_csv(ref_path)
+    reference = normalise_curve(
+        ref_steps, ref_losses, total_steps=args.ref_total_steps, smooth=args.smooth, name=ref_path.stem
+    )
+    curves: list[NormalisedCurve] = []
+    for path, total in zip(args.runs, _totals(args.total_steps, len(args.runs)), strict=True):
+        steps, losses = read_loss_csv(path)
+        partial = total is not None and steps[-1] < total
+        curves.append(
+            normalise_curve(
+                steps,
+                losses,
+                total_steps=total,
+                align="early" if partial else "final",
+                reference=reference if partial else None,
+                smooth=args.smooth,
+                name=path.stem,
+            )
+        )
+    reports = [collapse_residual(c, reference, threshold=args.threshold, t_min=args.t_min) for c in curves]
+
+    checkpoints = (0.25, 0.5, 0.75, 1.0)
+    name_w = max(12, *(len(c.name or "") for c in curves))
+    header = f"{'run':<{name_w}}{'T':>10}{'L(T)':>11}" + "".join(f"{f'r@{t:g}':>10}" for t in checkpoints)
+    header += f"{'max|r|':>10}{'at':>7}  status"
+    print(f"reference: {reference.name} (L(T) = {reference.divisor:.4f}, T = {reference.total_steps:g})")
+    print(header)
+    for c, rep in zip(curves, reports, strict=True):
+        cells = []
+        for t in checkpoints:
+            ok = rep.t_hat[0] - 1e-9 <= t <= rep.t_hat[-1] + 1e-9
+            cells.append(f"{rep.at(t):>+10.4f}" if ok else f"{'-':>10}")
+        div = f"{c.divisor:.4f}" + ("*" if c.align == "early" else " ")
+        status = "ALARM" if rep.alarm else "ok"
+        print(
+            f"{c.name or '':<{name_w}}{c.total_steps:>10g}{div:>11}"
+            + "".join(cells)
+            + f"{rep.max_abs:>10.4f}{rep.t_at_max:>7.2f}  {status}"
+        )
+    if any(c.align == "early" for c in curves):
+        print("* L(T) forecast by early alignment to the reference (the run is partial)")
+    if args.out is not None:
+        collapse_plot(curves, args.out, reference=reference, threshold=args.threshold, t_min=args.t_min)
+        print(f"wrote {args.out}")
+    fired = [r.name for r in reports if r.alarm]
+    if fired:
+        print(
+            f"ALARM: {', '.join(str(n) for n in fired)} drift(s) from the reference by more than "
+            f"{args.threshold:g} x L(T): check numerics, data and that schedule shape, TPP and tau match"
+        )
+        return EXIT_ALARM
+    print(f"collapse ok: all runs within {args.threshold:g} x L(T) of the reference")
+    return 0
