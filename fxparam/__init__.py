@@ -12,6 +12,11 @@ from fxparam.errors import (
 )
 
 from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
+from fxparam.configs import GNS, SP, CompleteP, Composed, DepthScaled, MuP, SuPar, compose
+from fxparam.lowering import plan_of
+from fxparam.optim import optimizer, param_groups
+from fxparam.plan import Plan
+from fxparam.transform import apply_plan, plan, transform
 
 __version__ = "0.1.0"
 
@@ -39,9 +44,17 @@ def inspect(model, example_inputs=None) -> Analysis:
 
 
 __all__ = [
+    "GNS",
+    "SP",
     "AlreadyTransformedError",
     "Analysis",
     "AttentionSite",
+    "CompleteP",
+    "Composed",
+    "DepthScaled",
+    "MuP",
+    "Plan",
+    "SuPar",
     "AnalysisError",
     "CaptureError",
     "ConfigError",
@@ -53,5 +66,12 @@ __all__ = [
     "PlanError",
     "ResidualSite",
     "__version__",
+    "apply_plan",
+    "compose",
     "inspect",
+    "optimizer",
+    "param_groups",
+    "plan",
+    "plan_of",
+    "transform",
 ]

@@ -1,0 +1,226 @@
+"""Parameterization configs: frozen pydantic nouns, one per pass.
+
+A string such as ``"completep"`` is only a name for a default config; ``"a+b"``
+composes.  Every field is validated with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fxparam.errors import ConfigError
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(1, description="config schema version (for saved plans)")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(type(self).__name__, exc)) from None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+
+class SP(_Config):
+    """Standard parameterization: one init std for every weight, no multipliers, one LR.
+
+    The baseline, and the negative control of every invariance test.
+    """
+
+    kind: Literal["sp"] = "sp"
+    init_std: float = Field(0.02, gt=0, description="std of every weight matrix and embedding (sigma)")
+
+
+class MuP(_Config):
+    """Maximal update parameterization (Tensor Programs V), Adam and SGD rules.
+
+    Example:
+        >>> MuP(base_width=256).embedding_multiplier
+        1.0
+    """
+
+    kind: Literal["mup"] = "mup"
+    base_width: int = Field(..., gt=0, description="width d_base the base hyperparameters were tuned at")
+    init_std: float = Field(0.02, gt=0, description="base init std sigma (at base width)")
+    embedding_multiplier: float = Field(1.0, gt=0, description="alpha_in: forward multiplier on embedding outputs")
+    output_multiplier: float = Field(1.0, gt=0, description="alpha_out: readout output is scaled by alpha_out / m_d")
+    attention: Literal["mup", "sp"] = Field(
+        "mup", description="logit scale rule: 'mup' = alpha_attn / d_head, 'sp' = keep the model's 1/sqrt(d_head)"
+    )
+    attn_multiplier: float | None = Field(
+        None, gt=0, description="alpha_attn; default sqrt(base_head_dim) so the base model matches SP"
+    )
+    base_head_dim: int | None = Field(
+        None,
+        gt=0,
+        description="head dim at base width; default: the model's head dim (heads grow with width). "
+        "Set it when the number of heads is fixed and the head dim grows.",
+    )
+    zero_readout: bool = Field(False, description="zero-initialise the (untied) readout")
+
+    @model_validator(mode="after")
+    def _check(self) -> MuP:
+        if self.attention == "sp" and (self.attn_multiplier is not None or self.base_head_dim is not None):
+            raise ValueError("attn_multiplier/base_head_dim only apply with attention='mup'")
+        return self
+
+
+class CompleteP(MuP):
+    """CompleteP: muP in width plus depth-muP with exponent alpha (Dey et al. 2025).
+
+    Residual branches are multiplied by ``1 / m_L**alpha`` with ``m_L = depth / base_depth``;
+    alpha = 1 (default) is CompleteP, alpha = 0.5 is "depth-muP".
+    """
+
+    kind: Literal["completep"] = "completep"  # type: ignore[assignment]
+    base_depth: int = Field(..., gt=0, description="number of residual blocks L_base of the tuned base model")
+    alpha: float = Field(1.0, ge=0.5, le=1.0, description="depth exponent alpha in [0.5, 1]")
+
+
+class DepthScaled(_Config):
+    """Only the depth part: residual branches multiplied by ``1 / m_L**alpha``; widths untouched."""
+
+    kind: Literal["depthscaled"] = "depthscaled"
+    base_depth: int = Field(..., gt=0)
+    alpha: float = Field(1.0, ge=0.5, le=1.0)
+
+
+class SuPar(_Config):
+    """SμPar: static random masks on hidden weights with density-corrected init and LR.
+
+    Composes on top of a width parameterization (muP/CompleteP): the hidden init std
+    becomes ``sigma / sqrt(m_d * rho)`` and the Adam LR ``eta / (m_d * rho)``.
+    """
+
+    kind: Literal["supar"] = "supar"
+    density: float = Field(..., description="fraction of weights kept, in (0, 1]")
+    seed: int = Field(0, description="masks are a pure function of (seed, parameter FQN)")
+    overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-parameter density: exact FQN, or 're:<pattern>' (first match wins)",
+    )
+    store_masks: bool = Field(False, description="save masks in state_dict (adds keys) instead of re-deriving them")
+
+    @field_validator("density")
+    @classmethod
+    def _density(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, d in v.items():
+            if not 0.0 < d <= 1.0:
+                raise ValueError(f"density override for {key!r} must be in (0, 1], got {d}")
+        return v
+
+
+class GNS(_Config):
+    """Swap every LayerNorm/RMSNorm for the fused version that emits per-example grad norms."""
+
+    kind: Literal["gns"] = "gns"
+
+
+BaseConfig = Annotated[SP | MuP | CompleteP | DepthScaled | SuPar | GNS, Field(discriminator="kind")]
+
+
+class Composed(_Config):
+    """Several configs applied in order (at most one width parameterization)."""
+
+    kind: Literal["composed"] = "composed"
+    configs: list[BaseConfig]
+
+    @model_validator(mode="after")
+    def _one_base(self) -> Composed:
+        bases = [c for c in self.configs if isinstance(c, (SP, MuP))]
+        if len(bases) > 1:
+            raise ValueError(f"compose at most one of SP/MuP/CompleteP, got {[c.kind for c in bases]}")
+        return self
+
+
+AnyConfig = SP | MuP | CompleteP | DepthScaled | SuPar | GNS | Composed
+
+_SHORTCUTS: dict[str, type[_Config]] = {
+    "sp": SP,
+    "mup": MuP,
+    "completep": CompleteP,
+    "depthscaled": DepthScaled,
+    "supar": SuPar,
+    "gns": GNS,
+}
+
+
+def _build(cls: type[_Config], kwargs: dict[str, Any]) -> _Config:
+    fields = set(cls.model_fields) - {"kind", "version"}
+    return cls(**{k: v for k, v in kwargs.items() if k in fields})
+
+
+def _explain(name: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "missing":
+            msg = f"is required: pass {loc}=... (e.g. fxparam.transform(model, '{name.lower()}', {loc}=...))"
+        parts.append(f"{loc} {msg}" if not msg.startswith(loc) else msg)
+    return f"invalid {name} config: " + "; ".join(parts)
+
+
+def compose(*configs: AnyConfig) -> Composed:
+    """Apply several configs in order, e.g. ``compose(CompleteP(...), SuPar(density=0.25))``."""
+    flat: list[Any] = []
+    for c in configs:
+        flat.extend(c.configs if isinstance(c, Composed) else [c])
+    return Composed(configs=flat)
+
+
+def resolve_config(config: str | AnyConfig, **kwargs: Any) -> AnyConfig:
+    """Turn ``"completep+supar"`` plus keyword fields into config objects.
+
+    Keyword arguments are handed to each named config that has a field of that name; a
+    keyword no config knows is an error (typos must not be silently ignored).
+    """
+    if not isinstance(config, str):
+        if kwargs:
+            raise ConfigError(
+                f"keyword arguments {sorted(kwargs)} only apply to string configs; "
+                f"set them on the {type(config).__name__} object instead"
+            )
+        return config
+    names = [n.strip().lower() for n in config.split("+") if n.strip()]
+    if not names:
+        raise ConfigError("empty config name; use e.g. 'mup', 'completep' or 'completep+supar'")
+    unknown = [n for n in names if n not in _SHORTCUTS]
+    if unknown:
+        raise ConfigError(f"unknown parameterization {unknown[0]!r}; choose from {sorted(_SHORTCUTS)} (join with '+')")
+    used: set[str] = set()
+    built = []
+    for n in names:
+        cls = _SHORTCUTS[n]
+        used |= set(kwargs) & set(cls.model_fields)
+        built.append(_build(cls, kwargs))
+    stray = set(kwargs) - used
+    if stray:
+        raise ConfigError(f"unknown option(s) {sorted(stray)} for {config!r}")
+    return built[0] if len(built) == 1 else compose(*built)
+
+
+def config_from_json(data: str | dict) -> AnyConfig:
+    """Rebuild a config saved in a plan."""
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(Annotated[AnyConfig, Field(discriminator="kind")])
+    try:
+        return adapter.validate_json(data) if isinstance(data, str) else adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain("saved", exc)) from None

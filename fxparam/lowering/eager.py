@@ -1,0 +1,136 @@
+"""Eager lowering: apply a Plan to the module itself (the default).
+
+Validate everything first, then mutate: a failure leaves the model as it was.
+Parameters keep their identity, ``state_dict`` keys and order are unchanged (asserted),
+and the plan is recorded on the model so the optimizer helpers find it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from fxparam.errors import AlreadyTransformedError, LoweringError
+from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale
+from fxparam.passes.width import INPUT
+from fxparam.plan import Plan
+
+PLAN_ATTR = "_fxparam_plan"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / torch.compile wrappers."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def plan_of(model: nn.Module) -> Plan:
+    """The Plan fxparam applied to ``model`` (raises if it was never transformed)."""
+    plan = getattr(unwrap(model), PLAN_ATTR, None)
+    if plan is None:
+        raise LoweringError(
+            f"{type(model).__name__} was not transformed by fxparam: call fxparam.transform(model, ...) first"
+        )
+    return plan
+
+
+def _validate(model: nn.Module, plan: Plan) -> None:
+    if getattr(model, PLAN_ATTR, None) is not None:
+        prev = getattr(model, PLAN_ATTR)
+        raise AlreadyTransformedError(
+            f"{type(model).__name__} is already transformed ({' -> '.join(prev.passes)}); transforming again "
+            "would double-scale it. Build a fresh model (and use init=False to load a checkpoint into it)."
+        )
+    names = dict(model.named_parameters(remove_duplicate=False))
+    missing = [n for n in plan.params if n not in names]
+    extra = [n for n in names if n not in plan.params]
+    if missing or extra:
+        raise LoweringError(
+            f"the plan does not match {type(model).__name__}: parameters missing from the model "
+            f"{missing[:5]}, parameters missing from the plan {extra[:5]}. Plans are per model architecture: "
+            "rebuild the plan for this model."
+        )
+    modules = dict(model.named_modules())
+    for key in plan.multipliers:
+        name = key[len(INPUT):] if key.startswith(INPUT) else key
+        if name not in modules:
+            raise LoweringError(f"the plan scales module {name!r}, which {type(model).__name__} does not have")
+    for name, site in plan.attention.items():
+        if site.attr is not None:
+            owner = modules.get(site.attr_module or name)
+            if owner is None or not isinstance(getattr(owner, site.attr, None), float):
+                raise LoweringError(f"attention module {site.attr_module or name!r} has no float attribute {site.attr!r}")
+        elif site.kind != "sdpa":
+            raise LoweringError(
+                f"cannot set the attention logit scale of {name!r}: it computes attention by hand and keeps "
+                "its scale in no attribute fxparam knows. Pass attention='sp' in the config to keep "
+                "1/sqrt(d_head), or give the module a float `scaling` attribute that its forward uses."
+            )
+        elif name not in modules:
+            raise LoweringError(f"the plan sets attention on {name!r}, which the model does not have")
+
+
+@torch.no_grad()
+def _reinit(model: nn.Module, plan: Plan) -> None:
+    names = dict(model.named_parameters(remove_duplicate=False))
+    for fqn, p in plan.params.items():
+        if p.tied_to:
+            continue
+        param = names[fqn]
+        if p.init == "normal":
+            param.normal_(0.0, p.init_std)
+        elif p.init == "zeros":
+            param.zero_()
+
+
+def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module:
+    """Apply ``plan`` to ``model`` in place and return it."""
+    _validate(model, plan)
+    keys_before = list(model.state_dict().keys())
+    ids_before = [id(p) for p in model.parameters()]
+
+    if plan.norm_swaps:
+        from fxparam.gns import swap_norms  # validates all norms before swapping any
+
+        swap_norms(model, plan.norm_swaps)
+    modules = dict(model.named_modules())
+    for name, site in plan.attention.items():
+        if site.attr is not None:
+            setattr(modules[site.attr_module or name], site.attr, float(site.scale))
+        else:
+            from fxparam.lowering import _sdpa
+
+            _sdpa.install()
+            modules[name].register_forward_pre_hook(PushScale(site.scale))
+            modules[name].register_forward_hook(PopScale(), always_call=True)
+    for key, factor in plan.multipliers.items():
+        if key.startswith(INPUT):
+            name = key[len(INPUT):]
+            modules[name].register_forward_pre_hook(InputScale(factor, name))
+        else:
+            modules[key].register_forward_hook(OutputScale(factor, key))
+    if plan.masks:
+        from fxparam.lowering.masks import apply_masks
+
+        apply_masks(model, plan, init=init)
+    if init:
+        _reinit(model, plan)
+        if plan.masks:
+            from fxparam.lowering.masks import enforce_masks
+
+            enforce_masks(model)
+    setattr(model, PLAN_ATTR, plan)
+    from fxparam.optim import watch
+
+    watch(model)
+
+    assert list(model.state_dict().keys()) == keys_before or plan.masks, "fxparam changed state_dict keys"
+    assert [id(p) for p in model.parameters()] == ids_before, "fxparam replaced a Parameter"
+    return model

@@ -1,0 +1,1 @@
+"""SμPar pass (placeholder module; implemented in its own issue)."""

@@ -1,0 +1,134 @@
+"""Width (and depth) parameterizations: SP, muP and CompleteP.
+
+The rules are the Adam table of shared/reference/parameterizations.md, implemented
+exactly; the SGD column follows Tensor Programs V, Table 8.  Where the table is
+silent we follow microsoft/mup: the readout keeps the base eps and weight decay, and
+the readout multiplier scales the readout's *input* (so a readout bias is not shrunk
+with width, as in ``MuReadout``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from fxparam.analysis.facts import Analysis
+from fxparam.configs import SP, CompleteP, MuP
+from fxparam.errors import AnalysisError
+from fxparam.passes._registry import register_pass
+from fxparam.plan import AttentionPlan, ParamPlan, Plan
+
+#: Multipliers of a readout apply to its input: key prefix in Plan.multipliers.
+INPUT = "input:"
+
+
+@register_pass(SP)
+def sp_pass(analysis: Analysis, cfg: SP, plan: Plan) -> Plan:
+    """One init std for every matrix, no multipliers, one LR; vectors are not decayed."""
+    for name, info in analysis.params.items():
+        if info.tied_to:
+            plan.params[name] = ParamPlan(role=info.role, tied_to=info.tied_to)
+            continue
+        if info.role == "vector":
+            plan.params[name] = ParamPlan(role="vector", init="keep", wd_mult=0.0)
+        else:
+            plan.params[name] = ParamPlan(role=info.role, init="normal", init_std=cfg.init_std)
+    plan.notes.append(f"SP: every weight ~ N(0, {cfg.init_std}^2), one LR for all groups")
+    return plan
+
+
+def _require_width(analysis: Analysis, cfg: MuP) -> float:
+    has_width = any(p.fan_in_width or (p.fan_out_width and p.role != "vector") for p in analysis.params.values())
+    if analysis.width is None or not has_width:
+        raise AnalysisError(
+            f"{type(cfg).__name__}: the width of {analysis.model_class} cannot be determined: no matmul has "
+            "a dimension that grows with width (a single layer, or no matmuls). Width parameterizations "
+            "need at least one hidden dimension; use 'sp' for this model."
+        )
+    return analysis.width / cfg.base_width
+
+
+@register_pass(MuP)
+def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
+    """muP (and CompleteP, which adds the depth factors with exponent alpha)."""
+    m_d = _require_width(analysis, cfg)
+    depth_rules = isinstance(cfg, CompleteP)
+    alpha = cfg.alpha if depth_rules else 1.0
+    m_L = 1.0
+    if depth_rules:
+        if analysis.depth == 0:
+            plan.notes.append("CompleteP: no residual blocks found (depth 0): depth rules not applied")
+        else:
+            m_L = analysis.depth / cfg.base_depth
+        plan.base_depth, plan.alpha = cfg.base_depth, alpha
+    plan.base_width, plan.m_d, plan.m_L = cfg.base_width, m_d, m_L
+    depth_lr = m_L ** (alpha - 1.0)  # CompleteP: hidden and in-block vector LR factor
+    depth_eps = m_L**alpha
+    sigma = cfg.init_std
+
+    for name, info in analysis.params.items():
+        if info.tied_to:  # the shared tensor follows its owner's rules (embedding)
+            plan.params[name] = ParamPlan(role=info.role, tied_to=info.tied_to)
+            if info.role == "readout":
+                plan.multiply(INPUT + info.module, cfg.output_multiplier / m_d)
+            continue
+        in_block = info.block is not None
+        if info.role == "embedding":
+            plan.params[name] = ParamPlan(
+                role="embedding", init="normal", init_std=sigma, eps_mult=1 / m_d, sgd_lr_mult=m_d
+            )
+            plan.multiply(info.module, cfg.embedding_multiplier)
+        elif info.role == "hidden":
+            plan.params[name] = ParamPlan(
+                role="hidden",
+                init="normal",
+                init_std=sigma / math.sqrt(m_d),
+                lr_mult=depth_lr / m_d,
+                sgd_lr_mult=depth_lr,
+                wd_mult=m_d,
+                eps_mult=1 / (m_d * depth_eps),
+            )
+        elif info.role == "readout":
+            plan.params[name] = ParamPlan(
+                role="readout",
+                init="zeros" if cfg.zero_readout else "normal",
+                init_std=None if cfg.zero_readout else sigma,
+                sgd_lr_mult=m_d,
+            )
+            plan.multiply(INPUT + info.module, cfg.output_multiplier / m_d)
+        else:  # vectors: biases, norm gains
+            plan.params[name] = ParamPlan(
+                role="vector",
+                init="keep",
+                wd_mult=0.0,
+                lr_mult=depth_lr if in_block else 1.0,
+                sgd_lr_mult=m_d * (depth_lr if in_block else 1.0),
+                eps_mult=1 / (m_d * (depth_eps if in_block else 1.0)),
+            )
+
+    if depth_rules and analysis.depth:
+        for site in analysis.residuals:
+            for module in site.output_modules:
+                plan.multiply(module, 1.0 / m_L**alpha)
+
+    if cfg.attention == "mup":
+        for site in analysis.attention:
+            base_head_dim = cfg.base_head_dim or site.head_dim
+            a_attn = cfg.attn_multiplier if cfg.attn_multiplier is not None else math.sqrt(base_head_dim)
+            plan.attention[site.module] = AttentionPlan(
+                scale=a_attn / site.head_dim,
+                previous=site.scale,
+                head_dim=site.head_dim,
+                attr=site.scale_attr,
+                attr_module=site.scale_attr_module,
+                kind=site.kind,
+            )
+        if analysis.attention and cfg.base_head_dim is None and cfg.attn_multiplier is None:
+            plan.notes.append(
+                "attention: logit scale sqrt(d_head_base)/d_head with d_head_base = the model's head dim "
+                "(heads grow with width); pass base_head_dim= if the head dim grows instead"
+            )
+    plan.notes.append(
+        f"{type(cfg).__name__}: m_d = {analysis.width}/{cfg.base_width} = {m_d:.4g}"
+        + (f", m_L = {analysis.depth}/{cfg.base_depth} = {m_L:.4g}, alpha = {alpha}" if depth_rules else "")
+    )
+    return plan
