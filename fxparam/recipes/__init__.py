@@ -34,9 +34,9 @@ from fxparam.recipes._trec import TRECPrediction, Window, fit_trec_exponent, pre
 from fxparam.schedules import Schedule, lr_values, make_schedule
 
 __all__ = [
-    "DEFAULT_GROUPS",
     "ALiBi",
     "CollapseReport",
+    "DEFAULT_GROUPS",
     "EMAProfile",
     "GroupRecipe",
     "GroupTimescale",
