@@ -12,6 +12,7 @@ from fxparam.errors import (
 )
 
 from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
+from fxparam.coord import CoordCheck, coord_check
 from fxparam.configs import GNS, SP, CompleteP, Composed, DepthScaled, MuP, SuPar, compose
 from fxparam.lowering import plan_of
 from fxparam.optim import optimizer, param_groups
@@ -51,6 +52,7 @@ __all__ = [
     "AttentionSite",
     "CompleteP",
     "Composed",
+    "CoordCheck",
     "DepthScaled",
     "MuP",
     "Plan",
@@ -68,6 +70,7 @@ __all__ = [
     "__version__",
     "apply_plan",
     "compose",
+    "coord_check",
     "inspect",
     "optimizer",
     "param_groups",

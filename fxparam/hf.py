@@ -11,18 +11,18 @@ from fxparam.errors import ConfigError
 
 #: Small but representative configs: every width dimension is set explicitly.
 _ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 128,
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 256,
                                                "n_positions": 64, "bos_token_id": 0, "eos_token_id": 0}),
     "llama": ("LlamaConfig", "LlamaForCausalLM", {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
-                                                  "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 128,
+                                                  "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256,
                                                   "max_position_embeddings": 64}),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"hidden_size": 64, "intermediate_size": 256,
                                                          "num_hidden_layers": 2, "num_attention_heads": 4,
-                                                         "vocab_size": 128, "max_position_embeddings": 64,
+                                                         "vocab_size": 256, "max_position_embeddings": 64,
                                                          "use_parallel_residual": True, "bos_token_id": 0,
                                                          "eos_token_id": 0}),
     "bert": ("BertConfig", "BertForMaskedLM", {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                                               "num_attention_heads": 4, "vocab_size": 128,
+                                               "num_attention_heads": 4, "vocab_size": 256,
                                                "max_position_embeddings": 64}),
 }
 _ALIASES = {"neox": "gpt_neox", "gptneox": "gpt_neox"}

@@ -1,0 +1,413 @@
+"""Coordinate checks: does activation scale stay put as width (and depth) grow?
+
+For each width/depth/seed, build the model, transform it, and take a few optimizer
+steps on one fixed batch, recording with hooks — per call site, not per module — the
+RMS of each activation and the RMS of its change since init:
+
+- ``embedding``: outputs of embedding modules,
+- ``branch``: every residual-branch output (after fxparam's multiplier),
+- ``attn_logits``: the attention logits ``scale * q k^T`` of every attention call,
+- ``logits``: the readout output,
+- ``residual``: the final residual stream (output of the last block).
+
+``slopes()`` fits log2(statistic) against log2(width) or log2(depth), averaged over
+seeds; ``verdict()`` compares them with calibrated bands (flat is a band, not zero).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+
+import fxparam
+from fxparam.configs import AnyConfig, resolve_config
+from fxparam.errors import ConfigError
+
+Stat = Literal["rms", "delta"]
+Axis = Literal["width", "depth"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    width: int
+    depth: int
+    seed: int
+    step: int
+    key: str  # call site, e.g. "branch:blocks.1.mlp.proj#0"
+    kind: str  # embedding | branch | attn_logits | logits | residual
+    rms: float
+    delta: float
+
+
+class Slope(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    kind: str
+    key: str
+    step: int
+    stat: Stat
+    axis: Axis
+    slope: float
+
+
+class Band(BaseModel):
+    """Allowed slope range for a kind of activation, at init (step 0) and after steps."""
+
+    model_config = ConfigDict(frozen=True)
+    init: tuple[float, float]
+    trained: tuple[float, float]
+
+
+#: Calibrated on the reference GPT (shared/reference/parameterizations.md, "what correct
+#: muP looks like"): branches within +-0.15 at init and [-0.55, 0.40] after steps; logits
+#: shrink like width^-1/2 at init (benign) and stay in [-0.60, 0.25] after steps.
+WIDTH_BANDS: dict[str, Band] = {
+    "embedding": Band(init=(-0.15, 0.15), trained=(-0.55, 0.40)),
+    "branch": Band(init=(-0.15, 0.15), trained=(-0.55, 0.40)),
+    "attn_logits": Band(init=(-0.65, 0.15), trained=(-0.65, 0.40)),
+    "logits": Band(init=(-0.70, 0.15), trained=(-0.60, 0.25)),
+    "residual": Band(init=(-0.15, 0.15), trained=(-0.55, 0.40)),
+}
+#: Depth: the final residual stream of CompleteP stays within +-0.08 of flat for steps >= 2
+#: (measured); SP and muP grow at >= +0.8.  Step 0-1 are skipped for alpha = 1 (branches
+#: are scaled 1/m_L, so the stream at init shrinks with depth by design).
+DEPTH_BANDS: dict[str, Band] = {"residual": Band(init=(-math.inf, math.inf), trained=(-0.25, 0.25))}
+#: A negative control "fails" when some activation grows at least this fast after steps.
+CONTROL_THRESHOLD = 0.6
+
+
+class Verdict(BaseModel):
+    invariant: bool
+    failures: list[Slope]
+    worst: Slope | None
+    table: str
+
+    def __bool__(self) -> bool:
+        return self.invariant
+
+
+class CoordCheck(BaseModel):
+    """Raw records of a coordinate check, with slope fits, verdicts and plots."""
+
+    config: str
+    widths: list[int]
+    depths: list[int]
+    steps: int
+    lr: float
+    records: list[Record]
+
+    # ---------------------------------------------------------------- statistics
+
+    def mean_table(self, stat: Stat = "rms") -> dict[tuple[str, str, int, int, int], float]:
+        """Mean over seeds: (kind, key, step, width, depth) -> statistic."""
+        acc: dict[tuple, list[float]] = defaultdict(list)
+        for r in self.records:
+            acc[(r.kind, r.key, r.step, r.width, r.depth)].append(getattr(r, stat))
+        return {k: sum(v) / len(v) for k, v in acc.items()}
+
+    def slopes(self, axis: Axis = "width", stat: Stat = "rms") -> list[Slope]:
+        """Least-squares slope of log2(statistic) vs log2(width or depth), per site and step."""
+        table = self.mean_table(stat)
+        series: dict[tuple[str, str, int, int], list[tuple[float, float]]] = defaultdict(list)
+        for (kind, key, step, width, depth), value in table.items():
+            fixed = depth if axis == "width" else width
+            x = width if axis == "width" else depth
+            if value > 0 and math.isfinite(value):
+                series[(kind, key, step, fixed)].append((math.log2(x), math.log2(value)))
+        out = []
+        for (kind, key, step, _fixed), pts in sorted(series.items()):
+            if len({p[0] for p in pts}) < 2:
+                continue
+            out.append(Slope(kind=kind, key=key, step=step, stat=stat, axis=axis, slope=_fit(pts)))
+        return out
+
+    def verdict(
+        self,
+        axis: Axis = "width",
+        *,
+        bands: dict[str, Band] | None = None,
+        min_step: int = 0,
+        stat: Stat = "rms",
+    ) -> Verdict:
+        """Whether every slope lies in its band (kinds without a band are not judged)."""
+        bands = bands or (WIDTH_BANDS if axis == "width" else DEPTH_BANDS)
+        slopes = [s for s in self.slopes(axis, stat) if s.step >= min_step and s.kind in bands]
+        failures = []
+        for s in slopes:
+            lo, hi = bands[s.kind].init if s.step == 0 else bands[s.kind].trained
+            if not lo <= s.slope <= hi:
+                failures.append(s)
+        worst = max(slopes, key=lambda s: abs(s.slope)) if slopes else None
+        return Verdict(invariant=not failures, failures=failures, worst=worst,
+                       table=format_slopes(slopes, bands, axis))
+
+    def max_growth(self, axis: Axis = "width", *, min_step: int = 1, stat: Stat = "rms") -> float:
+        """Largest slope after ``min_step`` steps: the negative-control statistic."""
+        values = [s.slope for s in self.slopes(axis, stat) if s.step >= min_step]
+        return max(values) if values else float("nan")
+
+    # ---------------------------------------------------------------- output
+
+    def plot(self, path: str, *, axis: Axis = "width", stat: Stat = "rms") -> str:
+        from fxparam.coord_plot import plot_coord_check
+
+        return plot_coord_check(self, path, axis=axis, stat=stat)
+
+
+def format_slopes(slopes: Sequence[Slope], bands: dict[str, Band], axis: str) -> str:
+    """Summary table: per kind and step, the slope range across sites and pass/fail."""
+    from fxparam.analysis.report import _table
+
+    groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for s in slopes:
+        groups[(s.kind, s.step)].append(s.slope)
+    rows = []
+    for (kind, step), values in sorted(groups.items()):
+        band = bands.get(kind)
+        lo, hi = (band.init if step == 0 else band.trained) if band else (-math.inf, math.inf)
+        ok = all(lo <= v <= hi for v in values)
+        rows.append([kind, step, f"{min(values):+.2f} .. {max(values):+.2f}", f"[{lo:+.2f}, {hi:+.2f}]",
+                     "pass" if ok else "FAIL"])
+    return "\n".join(_table(rows, ["activation", "step", f"slope vs log2 {axis}", "band", "result"]))
+
+
+def _fit(pts: list[tuple[float, float]]) -> float:
+    n = len(pts)
+    mx = sum(p[0] for p in pts) / n
+    my = sum(p[1] for p in pts) / n
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    sxy = sum((p[0] - mx) * (p[1] - my) for p in pts)
+    return sxy / sxx
+
+
+# ------------------------------------------------------------------ recording
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+class _Recorder:
+    """Forward hooks that store activations per call site for one model."""
+
+    def __init__(self, model: nn.Module, analysis: fxparam.Analysis) -> None:
+        self.acts: dict[str, tuple[str, torch.Tensor]] = {}
+        self.handles: list[Any] = []
+        self.calls: dict[str, int] = defaultdict(int)
+        self.current_attn: list[str] = []
+        modules = dict(model.named_modules())
+        sites: dict[str, str] = {}
+        for info in analysis.params.values():
+            if info.role == "embedding" and not info.tied_to:
+                sites[info.module] = "embedding"
+            if info.role == "readout":
+                sites[info.module] = "logits"
+        for r in analysis.residuals:
+            for m in r.output_modules:
+                sites[m] = "branch"
+        if analysis.blocks:
+            sites[analysis.blocks[-1]] = "residual"
+        for name, kind in sites.items():
+            if name in modules:
+                self.handles.append(modules[name].register_forward_hook(self._hook(name, kind)))
+        for site in analysis.attention:
+            mod = modules.get(site.module)
+            if mod is not None:
+                self.handles.append(mod.register_forward_pre_hook(self._enter(site.module)))
+                self.handles.append(mod.register_forward_hook(self._leave, always_call=True))
+
+    def _hook(self, name: str, kind: str) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "logits", output)
+            if isinstance(out, torch.Tensor):
+                self._store(kind, name, out)
+
+        return hook
+
+    def _store(self, kind: str, name: str, value: torch.Tensor) -> None:
+        index = self.calls[name]
+        self.calls[name] += 1
+        self.acts[f"{kind}:{name}#{index}"] = (kind, value.detach().float().clone())
+
+    def _enter(self, name: str) -> Callable:
+        def pre(module: nn.Module, args: Any) -> None:
+            self.current_attn.append(name)
+
+        return pre
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.current_attn:
+            self.current_attn.pop()
+
+    def attention_logits(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        if not self.current_attn:
+            return
+        if k.shape[-3] != q.shape[-3]:  # grouped-query attention
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+        logits = (q.detach().float() @ k.detach().float().transpose(-2, -1)) * scale
+        self._store("attn_logits", self.current_attn[-1], logits)
+
+    def reset(self) -> None:
+        self.acts = {}
+        self.calls = defaultdict(int)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _SDPATap:
+    """Temporarily route SDPA through a function that also records the attention logits."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+
+    def __enter__(self) -> _SDPATap:
+        self.previous = F.scaled_dot_product_attention
+        previous, recorder = self.previous, self.recorder
+
+        def tapped(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+            from fxparam.lowering import _sdpa
+
+            effective = _sdpa._STACK[-1] if _sdpa._STACK else scale
+            if effective is None:
+                effective = 1.0 / math.sqrt(query.shape[-1])
+            recorder.attention_logits(query, key, effective)
+            return previous(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, **kw)
+
+        F.scaled_dot_product_attention = tapped
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        F.scaled_dot_product_attention = self.previous
+
+
+def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy for models returning logits, (logits, ...) or an HF output."""
+    x, y = batch
+    out = model(x)
+    logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+    if logits.shape[:2] != y.shape:
+        raise ConfigError(
+            f"lm_loss: logits of shape {tuple(logits.shape)} do not match targets {tuple(y.shape)}; "
+            "pass loss_fn=... to coord_check for this model"
+        )
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+
+def coord_check(
+    make_model: Callable[..., nn.Module],
+    *,
+    widths: Iterable[int] = (64, 128, 256, 512),
+    depths: Iterable[int] | None = None,
+    config: str | AnyConfig | None = "mup",
+    steps: int = 3,
+    lr: float = 1e-2,
+    seeds: Iterable[int] = (0, 1, 2),
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    batch_size: int = 8,
+    seq_len: int = 32,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = lm_loss,
+    progress: Callable[[], None] | None = None,
+    plan_optimizer: bool = True,
+    **config_kwargs: Any,
+) -> CoordCheck:
+    """Train each (width, depth, seed) a few steps on one batch and record activation scales.
+
+    Args:
+        make_model: ``make_model(width=..., depth=...)`` -> model (``depth`` only passed
+            when ``depths`` is given).
+        config: parameterization applied to each model ("sp", "mup", "completep", a config
+            object, or None for the model untouched). Keyword arguments fill its fields;
+            ``base_width`` defaults to the smallest width and ``base_depth`` to the smallest depth.
+        steps: optimizer steps; records are taken at step 0 (init) .. steps.
+        data: a fixed ``(inputs, targets)`` batch; default: Python docs text, bytes.
+        plan_optimizer: build the optimizer with the plan's LR groups (False reproduces the
+            classic "one LR for everything" bug: a negative control).
+
+    Example:
+        >>> cc = fxparam.coord_check(lambda width: GPT(GPTConfig(width=width, depth=2)),
+        ...                          widths=[64, 128, 256], config="mup")
+        >>> cc.verdict().invariant
+        True
+    """
+    widths = sorted(set(widths))
+    depth_list = sorted(set(depths)) if depths is not None else [None]
+    if len(widths) < 1 or any(w <= 0 for w in widths):
+        raise ConfigError(f"coord_check: widths must be positive, got {widths}")
+    if steps < 0:
+        raise ConfigError("coord_check: steps must be >= 0")
+    if data is None:
+        from fxparam.data import ByteCorpus
+
+        data = ByteCorpus().batch(batch_size, seq_len, seed=1234)
+    cfg_name = config if isinstance(config, str) or config is None else type(config).__name__
+    kwargs = dict(config_kwargs)
+    if isinstance(config, str):
+        names = config.split("+")
+        if any(n in ("mup", "completep") for n in names):
+            kwargs.setdefault("base_width", widths[0])
+        if any(n in ("completep", "depthscaled") for n in names):
+            kwargs.setdefault("base_depth", depth_list[0] if depth_list[0] is not None else 1)
+    cfg = resolve_config(config, **kwargs) if config is not None else None
+
+    records: list[Record] = []
+    for depth in depth_list:
+        for width in widths:
+            cache: dict[str, Any] = {}  # analysis and plan are the same for every seed
+            for seed in seeds:
+                records += _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn,
+                                    plan_optimizer, cache)
+                if progress is not None:
+                    progress()
+    return CoordCheck(config=str(cfg_name), widths=widths, depths=[d for d in depth_list if d is not None],
+                      steps=steps, lr=lr, records=records)
+
+
+def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn, plan_optimizer,
+             cache) -> list[Record]:
+    from fxparam.passes import build_plan
+
+    torch.manual_seed(seed)
+    model = make_model(width=width) if depth is None else make_model(width=width, depth=depth)
+    model.train()
+    if "analysis" not in cache:
+        cache["analysis"] = fxparam.inspect(model)
+        cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
+    analysis = cache["analysis"]
+    if cfg is not None:
+        fxparam.apply_plan(model, cache["plan"].model_copy(deep=True), init=True)
+    if cfg is not None and plan_optimizer:
+        opt = fxparam.optimizer(model, optimizer, lr=lr)
+    else:
+        opt = optimizer(model.parameters(), lr=lr)
+    recorder = _Recorder(model, analysis)
+    initial: dict[str, torch.Tensor] = {}
+    out: list[Record] = []
+    actual_depth = analysis.depth if depth is None else depth
+    try:
+        with _SDPATap(recorder):
+            for step in range(steps + 1):
+                recorder.reset()
+                loss = loss_fn(model, data)
+                for key, (kind, value) in recorder.acts.items():
+                    if step == 0:
+                        initial[key] = value
+                    delta = _rms(value - initial[key]) if key in initial and initial[key].shape == value.shape else 0.0
+                    out.append(Record(width=width, depth=actual_depth, seed=seed, step=step, key=key, kind=kind,
+                                      rms=_rms(value), delta=delta))
+                if step < steps:
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+    finally:
+        recorder.remove()
+    return out
