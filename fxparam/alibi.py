@@ -186,6 +186,8 @@ class ALiBi(nn.Module):
         torch.Size([4, 256, 256])
     """
 
+    slopes: torch.Tensor
+
     def __init__(
         self,
         n_heads: int,

@@ -76,14 +76,14 @@ class Schedule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1] = 1
-    kind: ScheduleKind = Field("linear", description="Shape of the decay phase.")
+    kind: ScheduleKind = Field(default="linear", description="Shape of the decay phase.")
     total_steps: int = Field(gt=0, description="Number of optimizer updates T.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup updates W (0 <= W < T).")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup updates W (0 <= W < T).")
     final_fraction: float = Field(
-        0.0, ge=0.0, le=1.0, description="Multiplier at the last update (1/R; 0 = decay to zero)."
+        default=0.0, ge=0.0, le=1.0, description="Multiplier at the last update (1/R; 0 = decay to zero)."
     )
     decay_fraction: float = Field(
-        DEFAULT_WSD_DECAY_FRACTION, gt=0.0, le=1.0, description="WSD cooldown fraction of the run."
+        default=DEFAULT_WSD_DECAY_FRACTION, gt=0.0, le=1.0, description="WSD cooldown fraction of the run."
     )
 
     @model_validator(mode="after")

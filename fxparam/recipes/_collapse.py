@@ -251,6 +251,7 @@ def normalise_curve(
     """
     where = f"normalise_curve({name!r})" if name else "normalise_curve"
     t, sm, total = _prepare(steps, losses, total_steps, smooth, where)
+    how: Literal["final", "early", "given"]
     if divisor is not None:
         div, how = positive(divisor, "divisor", where), "given"
     elif align == "early":

@@ -62,14 +62,16 @@ class LawConstants(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1] = 1
-    c_tau: float = Field(C_TAU, gt=0, description="tau_opt coefficient (Power Lines).")
-    m_tau: float = Field(M_TAU, description="tau_opt exponent in TPP (Power Lines).")
-    c_b: float = Field(C_B, gt=0, description="B_opt coefficient, B in sequences of b_unit_seq_len.")
-    m_b: float = Field(M_B, description="B_opt exponent in tokens (Power Lines).")
-    b_unit_seq_len: int = Field(B_UNIT_SEQ_LEN, gt=0, description="Sequence length of c_b's unit.")
-    m_bcrit: float = Field(M_BCRIT, description="B_crit exponent in tokens (Power Lines).")
-    warmup_fraction: float = Field(WARMUP_FRACTION, ge=0, lt=1, description="Warmup fraction of steps.")
-    trec_p: float = Field(TREC_P, gt=0, description="TREC exponent p.")
-    collapse_m: float = Field(COLLAPSE_M, description="Collapse surrogate power m.")
-    collapse_eps1: float = Field(COLLAPSE_EPS1, gt=0, description="Collapse surrogate epsilon_1.")
-    collapse_eps2: float = Field(COLLAPSE_EPS2, gt=0, description="Collapse surrogate epsilon_2.")
+    c_tau: float = Field(default=C_TAU, gt=0, description="tau_opt coefficient (Power Lines).")
+    m_tau: float = Field(default=M_TAU, description="tau_opt exponent in TPP (Power Lines).")
+    c_b: float = Field(default=C_B, gt=0, description="B_opt coefficient, B in sequences of b_unit_seq_len.")
+    m_b: float = Field(default=M_B, description="B_opt exponent in tokens (Power Lines).")
+    b_unit_seq_len: int = Field(default=B_UNIT_SEQ_LEN, gt=0, description="Sequence length of c_b's unit.")
+    m_bcrit: float = Field(default=M_BCRIT, description="B_crit exponent in tokens (Power Lines).")
+    warmup_fraction: float = Field(
+        default=WARMUP_FRACTION, ge=0, lt=1, description="Warmup fraction of steps."
+    )
+    trec_p: float = Field(default=TREC_P, gt=0, description="TREC exponent p.")
+    collapse_m: float = Field(default=COLLAPSE_M, description="Collapse surrogate power m.")
+    collapse_eps1: float = Field(default=COLLAPSE_EPS1, gt=0, description="Collapse surrogate epsilon_1.")
+    collapse_eps2: float = Field(default=COLLAPSE_EPS2, gt=0, description="Collapse surrogate epsilon_2.")

@@ -50,13 +50,15 @@ class PowerLawFit(BaseModel):
         """Evaluate ``C * prod_k x_k**a_k`` (``x`` shaped like the fitted one)."""
         xs = np.asarray(x, dtype=np.float64)
         xs = xs.reshape(-1, 1) if xs.ndim <= 1 and len(self.exponents) == 1 else np.atleast_2d(xs)
-        return self.coefficient * np.prod(xs ** np.asarray(self.exponents), axis=1)
+        return np.asarray(
+            self.coefficient * np.prod(xs ** np.asarray(self.exponents), axis=1), dtype=np.float64
+        )
 
 
 def _lstsq(logx: npt.NDArray[np.float64], logy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     design = np.column_stack([np.ones(len(logy)), logx])
     sol, *_ = np.linalg.lstsq(design, logy, rcond=None)
-    return sol
+    return np.asarray(sol, dtype=np.float64)
 
 
 def fit_power_law(

@@ -90,7 +90,7 @@ class Recipe(BaseModel):
     b_crit_tokens: float | None = None
     groups: tuple[GroupRecipe, ...] = Field(default_factory=tuple)
     warnings: tuple[str, ...] = Field(default_factory=tuple)
-    constants: LawConstants = Field(default_factory=LawConstants)
+    constants: LawConstants = Field(default_factory=lambda: LawConstants())
 
     def table(self) -> str:
         """A plain-text table of the recipe (what ``fxparam recipe`` prints)."""

@@ -11,11 +11,13 @@ import math
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch.optim.lr_scheduler import LambdaLR
 
 from fxparam.errors import RecipeError
 from fxparam.recipes._constants import B_UNIT_SEQ_LEN, C_B, C_TAU, M_B, M_BCRIT, M_TAU
 from fxparam.recipes._ema import ScheduleLike, check_decoupled, group_ema_profiles, peak_lr_of
 from fxparam.recipes._validate import batch_and_tokens, number, positive
+from fxparam.schedules import Schedule
 
 
 def tau(*, lr: float, weight_decay: float, batch_tokens: float, total_tokens: float) -> float:
@@ -119,6 +121,7 @@ def timescale(
     steps = d / b
     profiles = None
     if schedule is not None:
+        _check_schedule_length(schedule, steps, where)
         profiles = group_ema_profiles(optimizer, schedule, total_steps=max(1, round(steps)))
     out = []
     for i, g in enumerate(optimizer.param_groups):
@@ -141,6 +144,17 @@ def timescale(
             )
         )
     return out
+
+
+def _check_schedule_length(schedule: ScheduleLike, steps: float, where: str) -> None:
+    """A schedule built for a different run length than D/B is a mistake worth naming."""
+    fns = schedule.lr_lambdas if isinstance(schedule, LambdaLR) else [schedule]
+    for fn in fns:
+        if isinstance(fn, Schedule) and abs(fn.total_steps - steps) > max(1.0, 0.01 * steps):
+            raise RecipeError(
+                f"{where}: the schedule spans {fn.total_steps} updates but total_tokens / batch_tokens = "
+                f"{steps:.0f} steps; build the schedule with total_steps=round(D / B)"
+            )
 
 
 def tau_opt(tpp: float, *, c_tau: float = C_TAU, m_tau: float = M_TAU) -> float:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fxparam.errors import RecipeError
 from fxparam.recipes import GroupTimescale, b_crit, b_opt, lambda_opt, recommend, tau, tau_opt, timescale
+from fxparam.schedules import make_schedule
 
 FAST = settings(max_examples=50, deadline=None)
 
@@ -178,6 +179,15 @@ def test_timescale_with_schedule_uses_initial_lr_and_adds_ema_summary() -> None:
         (lambda: recommend(params=1e8, tokens=1e9, tpp=10, lr=1e-3), "exactly one of tokens"),
         (lambda: recommend(params=1e8, tokens=1e9, lr=1e-3, schedule="step"), "unknown schedule"),
         (lambda: timescale(_groups_optimizer(), batch_tokens=1e6, total_tokens=0), "total_tokens"),
+        (
+            lambda: timescale(
+                _groups_optimizer(),
+                batch_tokens=1e6,
+                total_tokens=1e9,
+                schedule=make_schedule("d2z", total_steps=500),
+            ),
+            "spans 500 updates",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_recipe_errors(call, match: str) -> None:  # type: ignore[no-untyped-def]
