@@ -1,0 +1,548 @@
+"""Per-example-gradient-norm LayerNorm / RMSNorm: autograd Functions, functionals and modules.
+
+Layering (Liger-Kernel style): Triton programs and host launchers in
+:mod:`fxparam.kernels._norm_triton`; the pure-PyTorch spec / CPU path in
+:mod:`fxparam.kernels.reference`; here the Triton autograd Functions, the functional wrappers
+that pick a backend, and the ``nn.Module`` s.
+
+Backends: ``"auto"`` runs Triton on CUDA tensors and the PyTorch path elsewhere;
+``"triton"`` forces Triton (on CPU only under ``TRITON_INTERPRET=1``, for tests);
+``"reference"`` forces the PyTorch path.
+
+Modules. :class:`PerExampleLayerNorm` and :class:`PerExampleRMSNorm` subclass
+``nn.LayerNorm`` / ``nn.RMSNorm``: same constructor, same parameters (``weight``, ``bias``),
+same ``state_dict`` keys, bitwise the same forward on the PyTorch path. Their backward also
+adds each example's squared weight/bias gradient norm to :attr:`gns_accumulator`, which
+:func:`fxparam.gns.monitor` reads. :func:`per_example_class` builds the same for other norm
+classes (HF ``LlamaRMSNorm`` and the like) by subclassing them; ``fxparam.gns.swap_norms``
+swaps a module's class in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn as nn
+
+from fxparam.errors import KernelError
+from fxparam.kernels import _norm_triton
+from fxparam.kernels.reference import (
+    LayerNormPerExampleRef,
+    RMSNormPerExampleRef,
+    SqNormSink,
+    _check_hidden,
+    as_examples,
+    default_rms_eps,
+    layer_norm_stats,
+    reduce_per_example,
+    rms_norm_stats,
+)
+
+Backend = Literal["auto", "triton", "reference"]
+NormKind = Literal["layernorm", "rmsnorm"]
+_BACKENDS = ("auto", "triton", "reference")
+
+
+# --------------------------------------------------------------------------------------------
+# Triton autograd Functions.
+# --------------------------------------------------------------------------------------------
+
+
+class LayerNormPerExampleTriton(torch.autograd.Function):
+    """LayerNorm on the Triton kernels; same contract as :class:`~fxparam.kernels.reference.LayerNormPerExampleRef`.
+
+    ``apply(x, weight, bias, eps, sink=None, forward_fn=None, block_n=None)``.
+
+    Example:
+        >>> x = torch.randn(2, 8, 64, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> w, b = torch.ones(64, device="cuda", requires_grad=True), None  # doctest: +SKIP
+        >>> LayerNormPerExampleTriton.apply(x, w, b, 1e-5, print).sum().backward()  # doctest: +SKIP
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, sink=None, forward_fn=None, block_n=None):  # type: ignore[override]
+        _check_hidden(x, weight, bias)
+        x3 = as_examples(x)
+        if forward_fn is None:
+            y3, mean, rstd = _norm_triton.norm_fwd_triton(x3, weight, bias, eps, rms=False, block_n=block_n)
+            y = y3.view(x.shape)
+        else:
+            y = forward_fn(x)
+            mean, rstd = (s.squeeze(-1) for s in layer_norm_stats(x3, eps))
+        ctx.save_for_backward(x3, weight, mean, rstd)
+        ctx.sink, ctx.x_shape, ctx.has_bias, ctx.block_n = sink, x.shape, bias is not None, block_n
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x3, weight, mean, rstd = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        need_dw = need_dw and weight is not None
+        need_db = need_db and ctx.has_bias
+        dx, dw_pe, db_pe = _norm_triton.norm_bwd_triton(
+            dy.reshape(x3.shape),
+            x3,
+            weight,
+            mean,
+            rstd,
+            need_dweight=need_dw,
+            need_dbias=need_db,
+            block_n=ctx.block_n,
+        )
+        wdtype = weight.dtype if weight is not None else torch.float32
+        dweight, sq_w = reduce_per_example(dw_pe, wdtype)
+        dbias, sq_b = reduce_per_example(db_pe, wdtype)
+        if ctx.sink is not None and (sq_w is not None or sq_b is not None):
+            ctx.sink(sq_w, sq_b)
+        return (dx.view(ctx.x_shape) if need_dx else None), dweight, dbias, None, None, None, None
+
+
+class RMSNormPerExampleTriton(torch.autograd.Function):
+    """RMSNorm on the Triton kernels; same contract as :class:`~fxparam.kernels.reference.RMSNormPerExampleRef`.
+
+    ``apply(x, weight, eps, sink=None, forward_fn=None, block_n=None)``.
+
+    Example:
+        >>> x = torch.randn(2, 8, 64, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> w = torch.ones(64, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> RMSNormPerExampleTriton.apply(x, w, 1e-6, print).sum().backward()  # doctest: +SKIP
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, sink=None, forward_fn=None, block_n=None):  # type: ignore[override]
+        _check_hidden(x, weight, None)
+        x3 = as_examples(x)
+        eps_v = eps if eps is not None else default_rms_eps(x.dtype)
+        if forward_fn is None:
+            y3, _, rstd = _norm_triton.norm_fwd_triton(x3, weight, None, eps_v, rms=True, block_n=block_n)
+            y = y3.view(x.shape)
+        else:
+            y = forward_fn(x)
+            rstd = rms_norm_stats(x3, eps_v).squeeze(-1)
+        ctx.save_for_backward(x3, weight, rstd)
+        ctx.sink, ctx.x_shape, ctx.block_n = sink, x.shape, block_n
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x3, weight, rstd = ctx.saved_tensors
+        need_dx, need_dw = ctx.needs_input_grad[:2]
+        need_dw = need_dw and weight is not None
+        dx, dw_pe, _ = _norm_triton.norm_bwd_triton(
+            dy.reshape(x3.shape),
+            x3,
+            weight,
+            None,
+            rstd,
+            need_dweight=need_dw,
+            need_dbias=False,
+            block_n=ctx.block_n,
+        )
+        dweight, sq_w = reduce_per_example(dw_pe, weight.dtype if weight is not None else None)
+        if ctx.sink is not None and sq_w is not None:
+            ctx.sink(sq_w, None)
+        return (dx.view(ctx.x_shape) if need_dx else None), dweight, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Functional wrappers.
+# --------------------------------------------------------------------------------------------
+
+
+def _use_triton(x: torch.Tensor, backend: str) -> bool:
+    if backend not in _BACKENDS:
+        raise KernelError(f"norm: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return False
+    if backend == "triton":
+        if not _norm_triton.triton_usable(x.device):
+            raise KernelError(
+                f"norm: backend='triton' cannot run on {x.device} tensors "
+                f"(triton installed: {_norm_triton.HAS_TRITON}); use CUDA tensors, set TRITON_INTERPRET=1 "
+                "before importing fxparam to run the interpreter on CPU, or use backend='reference'"
+            )
+        return True
+    return x.device.type == "cuda" and _norm_triton.HAS_TRITON
+
+
+def _cuda_autocast(x: torch.Tensor) -> bool:
+    # torch's CUDA autocast runs layer_norm and rms_norm in fp32 (they have AutocastCUDA fp32
+    # kernels); mirror it so swapping a module never changes output dtypes under autocast.
+    return x.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+
+
+def layer_norm_per_example(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    sink: SqNormSink | None = None,
+    backend: Backend = "auto",
+    forward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """LayerNorm over the last dim whose backward reports per-example gradient norms.
+
+    Args:
+        x: ``(batch, ..., hidden)`` input; example = leading index.
+        weight: ``(hidden,)`` gain or None.
+        bias: ``(hidden,)`` bias or None.
+        eps: variance epsilon.
+        sink: called in backward as ``sink(sq_weight, sq_bias)`` with fp32 ``(batch,)`` tensors
+            ``|sum_t dy * x_hat|^2`` and ``|sum_t dy|^2`` per example (None for parameters
+            without a gradient).
+        backend: ``"auto"`` (Triton on CUDA, PyTorch elsewhere), ``"triton"`` or ``"reference"``.
+        forward_fn: compute the output with this function instead (keeps a third-party class's
+            exact forward); the backward is still the fused one.
+        block_n: Triton column tile override (power of two), for tests.
+
+    Returns:
+        The normalised tensor, shaped like ``x``.
+
+    Example:
+        >>> x = torch.randn(2, 4, 8, requires_grad=True)
+        >>> w, b = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+        >>> got = []
+        >>> layer_norm_per_example(x, w, b, sink=lambda sw, sb: got.append(sw)).sum().backward()
+        >>> got[0].shape
+        torch.Size([2])
+    """
+    if forward_fn is None and _cuda_autocast(x):
+        with torch.autocast("cuda", enabled=False):
+            return layer_norm_per_example(
+                x.float(),
+                weight.float() if weight is not None else None,
+                bias.float() if bias is not None else None,
+                eps,
+                sink=sink,
+                backend=backend,
+                block_n=block_n,
+            )
+    if _use_triton(x, backend):
+        return LayerNormPerExampleTriton.apply(x, weight, bias, eps, sink, forward_fn, block_n)
+    return LayerNormPerExampleRef.apply(x, weight, bias, eps, sink, forward_fn)
+
+
+def rms_norm_per_example(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float | None = None,
+    *,
+    sink: SqNormSink | None = None,
+    backend: Backend = "auto",
+    forward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """RMSNorm over the last dim whose backward reports per-example gain-gradient norms.
+
+    Arguments as :func:`layer_norm_per_example` (no bias); ``eps=None`` is torch's default
+    (machine eps of the compute type). ``sink`` receives ``(sq_weight, None)``.
+
+    Example:
+        >>> x = torch.randn(3, 5, 8, requires_grad=True)
+        >>> w = torch.ones(8, requires_grad=True)
+        >>> torch.equal(rms_norm_per_example(x, w, 1e-6), torch.nn.functional.rms_norm(x, (8,), w, 1e-6))
+        True
+    """
+    if forward_fn is None and _cuda_autocast(x):
+        with torch.autocast("cuda", enabled=False):
+            return rms_norm_per_example(
+                x.float(),
+                weight.float() if weight is not None else None,
+                eps,
+                sink=sink,
+                backend=backend,
+                block_n=block_n,
+            )
+    if _use_triton(x, backend):
+        return RMSNormPerExampleTriton.apply(x, weight, eps, sink, forward_fn, block_n)
+    return RMSNormPerExampleRef.apply(x, weight, eps, sink, forward_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# Where per-example norms go: a small accumulator per module.
+# --------------------------------------------------------------------------------------------
+
+
+class SqNormAccumulator:
+    """Per-example squared gradient norms a norm module's backward reported since the last reset.
+
+    Kept per parameter (``"weight"``, ``"bias"``): the running sum ``sum_b |raw_b|^2`` as a
+    device scalar (no host sync in backward) and the number of examples seen, the reference's
+    ``[sum, count]`` buffer, which stays right across gradient accumulation. ``raw_b`` is the
+    per-example gradient of the loss that was back-propagated (see
+    :mod:`fxparam.kernels.reference` for its scaling). With ``keep_per_example`` the ``(B,)``
+    vectors are kept too (the GNS monitor turns it on; off by default so a model trained without
+    a monitor keeps nothing).
+
+    Attributes:
+        sums: parameter name -> fp32 scalar tensor ``sum_b |raw_b|^2``.
+        per_example: parameter name -> list of fp32 ``(B,)`` tensors, one per backward call.
+        count: examples seen (sum of leading dims over backward calls).
+        calls: backward calls seen.
+        keep_per_example: whether to keep the per-example vectors.
+
+    Example:
+        >>> acc = SqNormAccumulator()
+        >>> acc.add(torch.tensor([1.0, 2.0]), None)
+        >>> acc.count, float(acc.sums["weight"])
+        (2, 3.0)
+    """
+
+    def __init__(self, keep_per_example: bool = False) -> None:
+        self.keep_per_example = keep_per_example
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen (called by the monitor after each step)."""
+        self.sums: dict[str, torch.Tensor] = {}
+        self.per_example: dict[str, list[torch.Tensor]] = {}
+        self.count = 0
+        self.calls = 0
+
+    def add(self, sq_weight: torch.Tensor | None, sq_bias: torch.Tensor | None) -> None:
+        """Record one backward call's fp32 ``(B,)`` squared norms (either may be None)."""
+        first = sq_weight if sq_weight is not None else sq_bias
+        if first is None:
+            return
+        self.count += int(first.shape[0])
+        self.calls += 1
+        for name, sq in (("weight", sq_weight), ("bias", sq_bias)):
+            if sq is None:
+                continue
+            sq = sq.detach()
+            s = sq.sum()
+            prev = self.sums.get(name)
+            self.sums[name] = s if prev is None else prev + s
+            if self.keep_per_example:
+                self.per_example.setdefault(name, []).append(sq)
+
+    def __call__(self, sq_weight: torch.Tensor | None, sq_bias: torch.Tensor | None) -> None:
+        self.add(sq_weight, sq_bias)
+
+    def __repr__(self) -> str:
+        return f"SqNormAccumulator(count={self.count}, calls={self.calls}, params={sorted(self.sums)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Modules.
+# --------------------------------------------------------------------------------------------
+
+
+class PerExampleNormMixin:
+    """What every per-example norm module shares; ``isinstance(m, PerExampleNormMixin)`` finds them.
+
+    Class attributes: ``norm_kind`` (``"layernorm"`` / ``"rmsnorm"``) and ``base_class`` (the
+    norm class it extends, e.g. ``nn.LayerNorm``). Instance/class attribute ``backend``
+    (``"auto"``) picks the kernel path.
+
+    Example:
+        >>> isinstance(PerExampleRMSNorm(8), PerExampleNormMixin)
+        True
+    """
+
+    norm_kind: ClassVar[NormKind]
+    base_class: ClassVar[type[nn.Module]]
+    backend: Backend = "auto"
+
+    @property
+    def gns_accumulator(self) -> SqNormAccumulator:
+        """This module's :class:`SqNormAccumulator` (created on first use)."""
+        acc = self.__dict__.get("_fxparam_gns_acc")
+        if acc is None:
+            acc = SqNormAccumulator()
+            self.__dict__["_fxparam_gns_acc"] = acc
+        return acc
+
+    def tracked_parameters(self) -> dict[str, nn.Parameter]:
+        """Local name -> parameter for the parameters whose per-example norms are reported."""
+        out: dict[str, nn.Parameter] = {}
+        for name in ("weight", "bias"):
+            p = getattr(self, name, None)
+            if isinstance(p, nn.Parameter):
+                out[name] = p
+        return out
+
+    def _per_example_extra_repr(self) -> str:
+        return f"per_example=True, backend={self.backend!r}"
+
+
+class PerExampleLayerNorm(PerExampleNormMixin, nn.LayerNorm):
+    """``nn.LayerNorm`` whose backward also reports per-example weight/bias gradient norms.
+
+    Same constructor, parameters and ``state_dict`` keys as ``nn.LayerNorm``; only a 1-D
+    ``normalized_shape`` (the last dim) is supported.
+
+    Example:
+        >>> ln = PerExampleLayerNorm(16)
+        >>> x = torch.randn(4, 10, 16)
+        >>> ln(x).sum().backward()
+        >>> ln.gns_accumulator.count
+        4
+    """
+
+    norm_kind: ClassVar[NormKind] = "layernorm"
+    base_class: ClassVar[type[nn.Module]] = nn.LayerNorm
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
+        if len(self.normalized_shape) != 1:
+            raise KernelError(
+                f"PerExampleLayerNorm: normalized_shape must be 1-D (the last dim), got {tuple(self.normalized_shape)}"
+            )
+        return layer_norm_per_example(
+            input, self.weight, self.bias, self.eps, sink=self.gns_accumulator, backend=self.backend
+        )
+
+    def extra_repr(self) -> str:
+        return f"{nn.LayerNorm.extra_repr(self)}, {self._per_example_extra_repr()}"
+
+
+class PerExampleRMSNorm(PerExampleNormMixin, nn.RMSNorm):
+    """``nn.RMSNorm`` whose backward also reports per-example gain-gradient norms.
+
+    Same constructor, parameters and ``state_dict`` keys as ``nn.RMSNorm`` (1-D
+    ``normalized_shape`` only; ``eps=None`` keeps torch's default).
+
+    Example:
+        >>> rn = PerExampleRMSNorm(16, eps=1e-6)
+        >>> rn(torch.randn(3, 16)).pow(2).sum().backward()
+        >>> rn.gns_accumulator.count
+        3
+    """
+
+    norm_kind: ClassVar[NormKind] = "rmsnorm"
+    base_class: ClassVar[type[nn.Module]] = nn.RMSNorm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.normalized_shape) != 1:
+            raise KernelError(
+                f"PerExampleRMSNorm: normalized_shape must be 1-D (the last dim), got {tuple(self.normalized_shape)}"
+            )
+        return rms_norm_per_example(x, self.weight, self.eps, sink=self.gns_accumulator, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{nn.RMSNorm.extra_repr(self)}, {self._per_example_extra_repr()}"
+
+
+class _ForeignPerExampleNorm(PerExampleNormMixin):
+    """Mixin for third-party norm classes: their own forward for the output, our backward.
+
+    Per instance: ``_fxparam_eps`` (the epsilon found when the module was swapped) and the
+    module's ``weight`` (and ``bias`` for LayerNorm) parameters.
+    """
+
+    _fxparam_eps: float
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        base_forward = functools.partial(self.base_class.forward, self)
+        weight = getattr(self, "weight", None)
+        if self.norm_kind == "rmsnorm":
+            return rms_norm_per_example(
+                hidden_states,
+                weight,
+                self._fxparam_eps,
+                sink=self.gns_accumulator,
+                backend=self.backend,
+                forward_fn=base_forward,
+            )
+        return layer_norm_per_example(
+            hidden_states,
+            weight,
+            getattr(self, "bias", None),
+            self._fxparam_eps,
+            sink=self.gns_accumulator,
+            backend=self.backend,
+            forward_fn=base_forward,
+        )
+
+    def extra_repr(self) -> str:
+        base = self.base_class.extra_repr(self)
+        return f"{base + ', ' if base else ''}kind={self.norm_kind}, {self._per_example_extra_repr()}"
+
+
+_CLASS_CACHE: dict[tuple[type, str, bool], type] = {}
+
+
+def _rebuild(base_cls: type, kind: str, foreign: bool) -> Any:
+    cls = per_example_class(base_cls, kind, foreign=foreign)  # type: ignore[arg-type]
+    return cls.__new__(cls)
+
+
+def _reduce_ex(self: Any, protocol: int) -> Any:
+    # Dynamic classes are not importable by name: pickle/deepcopy rebuild them from the base.
+    return (
+        _rebuild,
+        (self.base_class, self.norm_kind, isinstance(self, _ForeignPerExampleNorm)),
+        self.__getstate__(),
+    )
+
+
+def per_example_class(base_cls: type[nn.Module], kind: NormKind, *, foreign: bool = False) -> type[nn.Module]:
+    """The per-example-norm subclass of ``base_cls`` (cached; a class swap target).
+
+    Args:
+        base_cls: the norm module class to extend.
+        kind: ``"layernorm"`` or ``"rmsnorm"``: the math its forward computes.
+        foreign: ``base_cls`` is not ``nn.LayerNorm``/``nn.RMSNorm`` (or a subclass keeping their
+            forward): keep its own forward for the output and use the fused backward.
+
+    Returns:
+        :class:`PerExampleLayerNorm` / :class:`PerExampleRMSNorm` for the torch classes; else a
+        subclass of ``base_cls`` named ``PerExample<Name>``, picklable by reference to the base.
+
+    Example:
+        >>> per_example_class(nn.LayerNorm, "layernorm") is PerExampleLayerNorm
+        True
+    """
+    if kind not in ("layernorm", "rmsnorm"):
+        raise KernelError(f"per_example_class: kind must be 'layernorm' or 'rmsnorm', got {kind!r}")
+    if not foreign and base_cls is nn.LayerNorm:
+        return PerExampleLayerNorm
+    if not foreign and base_cls is nn.RMSNorm:
+        return PerExampleRMSNorm
+    key = (base_cls, kind, foreign)
+    cls = _CLASS_CACHE.get(key)
+    if cls is not None:
+        return cls
+    if foreign:
+        bases: tuple[type, ...] = (_ForeignPerExampleNorm, base_cls)
+    else:
+        torch_base = PerExampleLayerNorm if kind == "layernorm" else PerExampleRMSNorm
+        bases = (torch_base, base_cls)
+    tag = re.sub(r"\W", "_", f"{base_cls.__module__}.{base_cls.__qualname__}")
+    name = f"PerExample{base_cls.__name__}"
+    cls = type(
+        name,
+        bases,
+        {
+            "__module__": __name__,
+            "__qualname__": f"_dynamic_{tag}_{kind}{'_foreign' if foreign else ''}",
+            "norm_kind": kind,
+            "base_class": base_cls,
+            "__reduce_ex__": _reduce_ex,
+        },
+    )
+    setattr(sys.modules[__name__], cls.__qualname__, cls)
+    _CLASS_CACHE[key] = cls
+    return cls
+
+
+__all__ = [
+    "Backend",
+    "LayerNormPerExampleTriton",
+    "NormKind",
+    "PerExampleLayerNorm",
+    "PerExampleNormMixin",
+    "PerExampleRMSNorm",
+    "RMSNormPerExampleTriton",
+    "SqNormAccumulator",
+    "layer_norm_per_example",
+    "per_example_class",
+    "rms_norm_per_example",
+]
