@@ -325,6 +325,7 @@ def coord_check(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] = lm_loss,
     progress: Callable[[], None] | None = None,
     plan_optimizer: bool = True,
+    edit_plan: Callable[[Any], Any] | None = None,
     **config_kwargs: Any,
 ) -> CoordCheck:
     """Train each (width, depth, seed) a few steps on one batch and record activation scales.
@@ -339,6 +340,8 @@ def coord_check(
         data: a fixed ``(inputs, targets)`` batch; default: Python docs text, bytes.
         plan_optimizer: build the optimizer with the plan's LR groups (False reproduces the
             classic "one LR for everything" bug: a negative control).
+        edit_plan: optional ``Plan -> Plan`` applied before lowering ("what if" checks and
+            deliberately broken variants, e.g. dropping the readout multiplier).
 
     Example:
         >>> cc = fxparam.coord_check(lambda width: GPT(GPTConfig(width=width, depth=2)),
@@ -362,8 +365,11 @@ def coord_check(
         names = config.split("+")
         if any(n in ("mup", "completep") for n in names):
             kwargs.setdefault("base_width", widths[0])
-        if any(n in ("completep", "depthscaled") for n in names):
-            kwargs.setdefault("base_depth", depth_list[0] if depth_list[0] is not None else 1)
+        if any(n in ("completep", "depthscaled") for n in names) and "base_depth" not in kwargs:
+            if depth_list[0] is not None:
+                kwargs["base_depth"] = depth_list[0]
+            else:  # no depth sweep: the model's own depth is the base (m_L = 1)
+                kwargs["base_depth"] = fxparam.inspect(make_model(width=widths[0])).depth or 1
     cfg = resolve_config(config, **kwargs) if config is not None else None
 
     records: list[Record] = []
@@ -372,7 +378,7 @@ def coord_check(
             cache: dict[str, Any] = {}  # analysis and plan are the same for every seed
             for seed in seeds:
                 records += _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn,
-                                    plan_optimizer, cache)
+                                    plan_optimizer, cache, edit_plan)
                 if progress is not None:
                     progress()
     return CoordCheck(config=str(cfg_name), widths=widths, depths=[d for d in depth_list if d is not None],
@@ -380,7 +386,7 @@ def coord_check(
 
 
 def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn, plan_optimizer,
-             cache) -> list[Record]:
+             cache, edit_plan=None) -> list[Record]:
     from fxparam.passes import build_plan
 
     torch.manual_seed(seed)
@@ -389,6 +395,8 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     if "analysis" not in cache:
         cache["analysis"] = fxparam.inspect(model)
         cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
+        if edit_plan is not None and cache["plan"] is not None:
+            cache["plan"] = edit_plan(cache["plan"])
     analysis = cache["analysis"]
     if cfg is not None:
         fxparam.apply_plan(model, cache["plan"].model_copy(deep=True), init=True)
