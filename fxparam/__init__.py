@@ -6,9 +6,12 @@ from fxparam.errors import (
     CaptureError,
     ConfigError,
     FxparamError,
+    GNSError,
+    KernelError,
     LoweringError,
     OptimizerError,
     PlanError,
+    RecipeError,
 )
 
 from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
@@ -18,6 +21,8 @@ from fxparam.lowering import plan_of
 from fxparam.optim import optimizer, param_groups
 from fxparam.plan import Plan
 from fxparam.transform import apply_plan, plan, transform
+
+from fxparam import gns, recipes, schedules  # noqa: E402  isort: skip  (sub-packages as namespaces)
 
 __version__ = "0.1.0"
 
@@ -61,20 +66,26 @@ __all__ = [
     "CaptureError",
     "ConfigError",
     "FxparamError",
+    "GNSError",
+    "KernelError",
     "LoweringError",
     "NormSite",
     "OptimizerError",
     "ParamInfo",
     "PlanError",
+    "RecipeError",
     "ResidualSite",
     "__version__",
     "apply_plan",
     "compose",
     "coord_check",
+    "gns",
     "inspect",
     "optimizer",
     "param_groups",
     "plan",
     "plan_of",
+    "recipes",
+    "schedules",
     "transform",
 ]
