@@ -198,7 +198,7 @@ class GNSMonitor:
         if not 0.0 <= alpha < 1.0:
             raise GNSError(f"fxparam.gns.monitor: alpha must be in [0, 1), got {alpha}")
         inner = _unwrap(model)
-        names = {}
+        names: dict[int, str] = {}
         for pname, p in inner.named_parameters():
             names.setdefault(id(p), pname)
         self._tracked: list[_Tracked] = []
@@ -413,7 +413,7 @@ class GNSMonitor:
             good_steps=self._good,
             bad_steps=self._bad,
             last_step_ok=ok,
-            total=stats(_TOTAL, *tot, total_B),
+            total=stats(_TOTAL, tot[0], tot[1], tot[2], tot[3], total_B),
             layers={name: stats(name, *v) for name, v in layers.items()},
         )
         self._last = est

@@ -118,7 +118,7 @@ class BatchSizeSchedule:
             raise RecipeError(
                 f"BatchSizeSchedule: reference_batch_size must be >= 1, got {reference_batch_size}"
             )
-        self.tokens_seen = 0
+        self.tokens_seen: float = 0
         self.steps = 0
         self._batch = self.min_batch_size
         if kind == "ramp":

@@ -116,9 +116,13 @@ def _classify(fqn: str, m: nn.Module) -> _SwapSpec | str | None:
     """A swap spec, a reason the module cannot be swapped, or None if it is already per-example."""
     if isinstance(m, PerExampleNormMixin):
         return None
-    for torch_cls, kind in ((nn.LayerNorm, "layernorm"), (nn.RMSNorm, "rmsnorm")):
+    torch_norms: tuple[tuple[type[nn.Module], NormKind], ...] = (
+        (nn.LayerNorm, "layernorm"),
+        (nn.RMSNorm, "rmsnorm"),
+    )
+    for torch_cls, kind in torch_norms:
         if isinstance(m, torch_cls):
-            shape = tuple(m.normalized_shape)
+            shape = tuple(m.normalized_shape)  # type: ignore[arg-type]
             if len(shape) != 1:
                 return (
                     f"{type(m).__name__} normalises over {len(shape)} dims (normalized_shape={shape}); "
@@ -147,10 +151,10 @@ def _classify(fqn: str, m: nn.Module) -> _SwapSpec | str | None:
     if weight.device.type == "meta":
         eps = _eps_attr(m)
         name = type(m).__name__.lower()
-        kind = "rmsnorm" if "rms" in name else "layernorm" if "layer" in name else None
-        if eps is None or kind is None or (kind == "rmsnorm" and bias is not None):
+        meta_kind: NormKind | None = "rmsnorm" if "rms" in name else "layernorm" if "layer" in name else None
+        if eps is None or meta_kind is None or (meta_kind == "rmsnorm" and bias is not None):
             return f"{type(m).__name__} is on the meta device and cannot be verified by a probe"
-        return _SwapSpec(fqn, m, per_example_class(type(m), kind, foreign=True), eps)
+        return _SwapSpec(fqn, m, per_example_class(type(m), meta_kind, foreign=True), eps)
     found = _probe(m, weight, bias)
     if isinstance(found, str):
         return f"{type(m).__name__}: {found}"
@@ -241,7 +245,7 @@ def swap_norms(model: nn.Module, fqns: Iterable[str] | None = None) -> list[str]
     for s in specs:
         s.module.__class__ = s.target
         if s.eps is not None:
-            s.module._fxparam_eps = s.eps
+            s.module.__dict__["_fxparam_eps"] = s.eps
     return [s.fqn for s in specs]
 
 
@@ -263,7 +267,7 @@ def unswap_norms(model: nn.Module) -> list[str]:
     out = []
     for fqn, m in model.named_modules():
         if isinstance(m, PerExampleNormMixin):
-            m.__class__ = m.base_class
+            m.__class__ = m.base_class  # type: ignore[assignment]
             m.__dict__.pop("_fxparam_eps", None)
             m.__dict__.pop("_fxparam_gns_acc", None)
             m.__dict__.pop("backend", None)

@@ -462,7 +462,7 @@ class _ForeignPerExampleNorm(PerExampleNormMixin):
         )
 
     def extra_repr(self) -> str:
-        base = self.base_class.extra_repr(self)
+        base = self.base_class.extra_repr(self)  # type: ignore[arg-type]
         return f"{base + ', ' if base else ''}kind={self.norm_kind}, {self._per_example_extra_repr()}"
 
 

@@ -104,7 +104,12 @@ def reduce_per_example(
 
 
 def default_rms_eps(dtype: torch.dtype) -> float:
-    """The eps ``nn.RMSNorm(eps=None)`` uses for inputs of ``dtype`` (machine eps of the compute type)."""
+    """The eps ``nn.RMSNorm(eps=None)`` uses for inputs of ``dtype`` (machine eps of the compute type).
+
+    Example:
+        >>> default_rms_eps(torch.bfloat16) == torch.finfo(torch.float32).eps
+        True
+    """
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     return float(torch.finfo(compute).eps)
 
@@ -193,13 +198,24 @@ def norm_backward_spec(
 
 
 def layer_norm_stats(x3: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 ``(mean, rstd)`` of ``(B, T, N)`` rows, shaped ``(B, T, 1)``."""
+    """fp32 ``(mean, rstd)`` of ``(B, T, N)`` rows, shaped ``(B, T, 1)``.
+
+    Example:
+        >>> mean, rstd = layer_norm_stats(torch.randn(2, 3, 8), 1e-5)
+        >>> mean.shape, rstd.dtype
+        (torch.Size([2, 3, 1]), torch.float32)
+    """
     var, mean = torch.var_mean(x3.float(), dim=-1, correction=0, keepdim=True)
     return mean, torch.rsqrt(var + eps)
 
 
 def rms_norm_stats(x3: torch.Tensor, eps: float) -> torch.Tensor:
-    """fp32 ``rstd`` of ``(B, T, N)`` rows, shaped ``(B, T, 1)``."""
+    """fp32 ``rstd`` of ``(B, T, N)`` rows, shaped ``(B, T, 1)``.
+
+    Example:
+        >>> rms_norm_stats(torch.ones(1, 2, 4), 0.0).flatten()
+        tensor([1., 1.])
+    """
     return torch.rsqrt(x3.float().pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
@@ -210,6 +226,12 @@ def layer_norm_forward(
 
     ``mean``/``rstd`` are ``(B, T, 1)`` in the dtype torch returns (fp32 on CUDA; the input
     dtype for half types on CPU).
+
+    Example:
+        >>> x = torch.randn(2, 3, 8)
+        >>> y, mean, rstd = layer_norm_forward(x, None, None, 1e-5)
+        >>> torch.equal(y, torch.nn.functional.layer_norm(x, (8,), None, None, 1e-5))
+        True
     """
     return _compat.native_layer_norm(x3, x3.shape[-1], weight, bias, eps)
 
@@ -217,7 +239,13 @@ def layer_norm_forward(
 def rms_norm_forward(
     x3: torch.Tensor, weight: torch.Tensor | None, eps: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, rstd)`` with ``y`` bitwise ``F.rms_norm``'s and fp32 ``(B, T, 1)`` ``rstd``."""
+    """``(y, rstd)`` with ``y`` bitwise ``F.rms_norm``'s and fp32 ``(B, T, 1)`` ``rstd``.
+
+    Example:
+        >>> y, rstd = rms_norm_forward(torch.randn(2, 3, 8), torch.ones(8), 1e-6)
+        >>> rstd.shape
+        torch.Size([2, 3, 1])
+    """
     return _compat.fused_rms_norm(x3, x3.shape[-1], weight, eps)
 
 
@@ -265,6 +293,13 @@ def layer_norm_backward(
     :func:`layer_norm_forward` returned (``native_stats=True``; torch's backward needs their
     dtype, which is the input's for half types on CPU) or fp32 from :func:`layer_norm_stats`.
     Half-precision statistics are recomputed in fp32 for the partials.
+
+    Example:
+        >>> x, dy = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+        >>> _, mean, rstd = layer_norm_forward(x, torch.ones(8), None, 1e-5)
+        >>> g = layer_norm_backward(dy, x, torch.ones(8), mean, rstd, eps=1e-5, need_dbias=True)
+        >>> g.sq_weight.shape, torch.allclose(g.dbias, dy.sum((0, 1)))
+        (torch.Size([2]), True)
     """
     N = x3.shape[-1]
     exact_stats = mean.dtype == torch.float32 and rstd.dtype == torch.float32
@@ -275,9 +310,11 @@ def layer_norm_backward(
             dx = _compat.native_layer_norm_backward(dy3, x3, N, mean, rstd, weight, (True, False, False))[0]
         else:  # our fp32 stats, or mixed dtypes (promoting custom forwards): fp32, cast back
             w32 = weight.float() if weight is not None else None
-            dx = _compat.native_layer_norm_backward(
+            dx32 = _compat.native_layer_norm_backward(
                 dy3.float(), x3.float(), N, mean32, rstd32, w32, (True, False, False)
-            )[0].to(x3.dtype)
+            )[0]
+            assert dx32 is not None
+            dx = dx32.to(x3.dtype)
     dw_pe, db_pe = _ln_partials(dy3, x3, mean32, rstd32, need_dweight and weight is not None, need_dbias)
     wdtype = weight.dtype if weight is not None else torch.float32
     dweight, sq_w = reduce_per_example(dw_pe, wdtype)
@@ -299,6 +336,12 @@ def rms_norm_backward(
     torch has no CPU kernel for the fused RMSNorm backward, so this is the spec's math in fp32,
     sharing ``x_hat`` between ``dx`` and the per-example partials (it is faster than torch's own
     composite RMSNorm backward on CPU).
+
+    Example:
+        >>> x, dy, w = torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.ones(8)
+        >>> _, rstd = rms_norm_forward(x, w, 1e-6)
+        >>> rms_norm_backward(dy, x, w, rstd).sq_weight.shape
+        torch.Size([2])
     """
     r = rstd.float()
     xhat = x3.float() * r
