@@ -254,3 +254,17 @@ def test_auto_backend_is_reference_on_cpu():
     w = torch.ones(8, requires_grad=True)
     y = layer_norm_per_example(x, w, None)
     assert "Ref" in type(y.grad_fn).__name__
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["ln", "rms"])
+@pytest.mark.parametrize("B,T,N,block_n", [(2, 70, 256, None), (2, 140, 200, 64)])
+def test_triton_programs_loop_over_token_blocks(kind, B, T, N, block_n):
+    """More token blocks than programs per example: partials accumulate over a program's blocks
+    (in registers for one column tile, in its own slice of the partial buffer when tiled)."""
+    bt, _ = _norm_triton._block_sizes(T, N, block_n)
+    assert -(-T // bt) > _norm_triton._n_splits(B, -(-T // bt), torch.device("cpu"))
+    x, dy, w, b = _inputs(B, T, N, torch.float32, bias=(kind == "ln"))
+    atol, rtol, rtol_sq = TOLS[torch.float32]
+    got = _run(kind, "triton", x, dy, w, b, 1e-5, block_n=block_n)
+    _close(got, _spec(kind, x, dy, w, b, 1e-5), atol, rtol, rtol_sq)
