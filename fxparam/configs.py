@@ -6,6 +6,7 @@ composes.  Every field is validated with a message that says what to do.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -96,8 +97,19 @@ class DepthScaled(_Config):
 class SuPar(_Config):
     """SμPar: static random masks on hidden weights with density-corrected init and LR.
 
-    Composes on top of a width parameterization (muP/CompleteP): the hidden init std
-    becomes ``sigma / sqrt(m_d * rho)`` and the Adam LR ``eta / (m_d * rho)``.
+    Masks the hidden matmuls inside residual blocks (qkv, attention out, MLP in/gate/out;
+    never embeddings, readout, norms or biases), each entry kept with probability
+    ``density``, as a pure function of ``(seed, parameter FQN)``.  Composed with a width
+    parameterization (muP/CompleteP) the masked weights' init std becomes
+    ``sigma / sqrt(m_d * rho)`` and their LR ``eta / (m_d * rho)`` (Adam and SGD); weight
+    decay and eps keep the dense rule.  Composed with SP, the SP init and LR are
+    density-corrected the same way.  On its own (no width pass) it only masks: the
+    model's own init and LR are left as they are (see ``fxparam/passes/supar.py``).
+
+    Example:
+        >>> cfg = SuPar(density=0.25, overrides={"re:.*attn.*": 0.5})
+        >>> cfg.correct, cfg.store_masks
+        (True, False)
     """
 
     kind: Literal["supar"] = "supar"
@@ -105,9 +117,15 @@ class SuPar(_Config):
     seed: int = Field(0, description="masks are a pure function of (seed, parameter FQN)")
     overrides: dict[str, float] = Field(
         default_factory=dict,
-        description="per-parameter density: exact FQN, or 're:<pattern>' (first match wins)",
+        description="per-parameter density: exact parameter FQN, or 're:<pattern>' matched with re.fullmatch "
+        "(exact FQN first, then patterns in order; first match wins). Each key must match a maskable weight.",
     )
     store_masks: bool = Field(False, description="save masks in state_dict (adds keys) instead of re-deriving them")
+    correct: bool = Field(
+        True,
+        description="apply the density correction (init std / sqrt(rho), LR / rho); False = masks only, "
+        "the negative control of the sparse coordinate check",
+    )
 
     @field_validator("density")
     @classmethod
@@ -120,6 +138,13 @@ class SuPar(_Config):
     @classmethod
     def _overrides(cls, v: dict[str, float]) -> dict[str, float]:
         for key, d in v.items():
+            if not key or key == "re:":
+                raise ValueError("an override key is empty: use an exact parameter FQN or 're:<pattern>'")
+            if key.startswith("re:"):
+                try:
+                    re.compile(key[3:])
+                except re.error as exc:
+                    raise ValueError(f"override pattern {key!r} is not a valid regular expression: {exc}") from None
             if not 0.0 < d <= 1.0:
                 raise ValueError(f"density override for {key!r} must be in (0, 1], got {d}")
         return v

@@ -56,6 +56,14 @@ class AttentionPlan(_Rec):
 
 
 class MaskPlan(_Rec):
+    """A static random mask on one parameter (SμPar): kept entries are a pure function of (seed, FQN).
+
+    Attributes:
+        density: fraction of entries kept, in (0, 1].
+        seed: the SuPar seed.
+        store: keep the mask in ``state_dict`` (a bool buffer key) instead of re-deriving it.
+    """
+
     density: float
     seed: int
     store: bool = False
@@ -141,5 +149,14 @@ class Plan(_Rec):
                           f"({len(self.attention)} sites, e.g. {first[0]})"]
         if self.norm_swaps:
             lines += ["", f"norm swaps (GNS): {len(self.norm_swaps)}"]
+        if self.masks:
+            densities = ", ".join(f"{d:.4g}" for d in sorted({m.density for m in self.masks.values()}))
+            seeds = ", ".join(str(s) for s in sorted({m.seed for m in self.masks.values()}))
+            where = (
+                "stored in state_dict"
+                if any(m.store for m in self.masks.values())
+                else "re-derived from (seed, FQN), not in state_dict"
+            )
+            lines += ["", f"masks (SuPar): {len(self.masks)} parameters, density {densities}, seed {seeds}; {where}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
