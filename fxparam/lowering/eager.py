@@ -75,6 +75,10 @@ def _validate(model: nn.Module, plan: Plan) -> None:
             )
         elif name not in modules:
             raise LoweringError(f"the plan sets attention on {name!r}, which the model does not have")
+    if plan.masks:
+        from fxparam.lowering.masks import validate_masks
+
+        validate_masks(model, plan)
 
 
 @torch.no_grad()
@@ -131,6 +135,14 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
 
     watch(model)
 
-    assert list(model.state_dict().keys()) == keys_before or plan.masks, "fxparam changed state_dict keys"
+    # masks add state_dict keys only when stored (SuPar(store_masks=True)), and only those keys
+    added: set[str] = set()
+    if plan.masks:
+        from fxparam.lowering.masks import stored_mask_keys
+
+        added = set(stored_mask_keys(plan))
+    keys_after = list(model.state_dict().keys())
+    assert [k for k in keys_after if k not in added] == keys_before, "fxparam changed state_dict keys"
+    assert set(keys_after) - set(keys_before) == added, "fxparam's stored masks are missing from state_dict"
     assert [id(p) for p in model.parameters()] == ids_before, "fxparam replaced a Parameter"
     return model
