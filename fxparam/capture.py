@@ -18,6 +18,7 @@ import re
 import sysconfig
 import time
 import traceback
+import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +224,34 @@ def _explain(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- capture
 
 
+def _flat_tensors(value: Any, out: list[torch.Tensor], depth: int = 0) -> None:
+    if depth > 6:
+        return
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _flat_tensors(v, out, depth + 1)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _flat_tensors(v, out, depth + 1)
+    elif hasattr(value, "__dict__") and not isinstance(value, nn.Module):
+        for v in vars(value).values():
+            _flat_tensors(v, out, depth + 1)
+
+
+def _flatten_outputs(skeleton: nn.Module) -> None:
+    """Make the skeleton return a flat tuple of tensors (only the copy is changed)."""
+    forward = type(skeleton).forward
+
+    def flat_forward(self: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        out: list[torch.Tensor] = []
+        _flat_tensors(forward(self, *args, **kwargs), out)
+        return tuple(out)
+
+    skeleton.forward = types.MethodType(flat_forward, skeleton)
+
+
 def _export(skeleton: nn.Module, args: tuple, kwargs: dict):
     return torch.export.export(skeleton, args, kwargs, strict=False)
 
@@ -249,17 +278,23 @@ def capture(model: nn.Module, example_inputs: Any = None) -> Capture:
 
     start = time.perf_counter()
     errors: list[BaseException] = []
-    for shorten in (True, False):
+    # 1. shortened skeleton, 2. full depth, 3. full depth with outputs flattened to a
+    # tuple of tensors (export rejects outputs that are not pytrees, e.g. custom classes).
+    attempts = [(True, False), (False, False), (False, True)]
+    for shorten, flatten in attempts:
         skeleton, reduced = meta_skeleton(model, shorten=shorten)
-        if not shorten or reduced:
-            try:
-                with torch.no_grad():
-                    ep = _export(skeleton, args, kwargs)
-                break
-            except Exception as exc:  # noqa: BLE001 - any failure becomes a CaptureError below
-                errors.append(exc)
+        if shorten and not reduced:
+            continue
+        if flatten:
+            _flatten_outputs(skeleton)
+        try:
+            with torch.no_grad():
+                ep = _export(skeleton, args, kwargs)
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a CaptureError below
+            errors.append(exc)
     else:
-        exc = errors[-1]
+        exc = errors[-2] if len(errors) >= 2 else errors[-1]  # the full-depth error is the informative one
         where = _user_frame(exc)
         raise CaptureError(
             f"fxparam could not capture {type(model).__name__}: {_explain(exc)}."
@@ -268,6 +303,7 @@ def capture(model: nn.Module, example_inputs: Any = None) -> Capture:
             "example_inputs=... explicitly), and that forward runs on the meta device "
             "with no .item()/bool() on tensors."
         ) from exc
+    method = "export" if shorten else ("export (full depth, flattened outputs)" if flatten else "export (full depth)")
 
     sig = ep.graph_signature
     modules = dict(skeleton.named_modules())
@@ -280,7 +316,7 @@ def capture(model: nn.Module, example_inputs: Any = None) -> Capture:
         user_inputs=list(sig.user_inputs),
         module_classes=module_classes,
         reduced=reduced if shorten else {},
-        method="export" if shorten else "export (full depth)",
+        method=method,
         seconds=time.perf_counter() - start,
         modules=modules,
     )

@@ -125,3 +125,32 @@ def test_plain_mlp_roles():
     assert a.params["2.weight"].role == "hidden"
     assert a.params["4.weight"].role == "readout"
     assert a.width == 64
+
+
+class _Out:
+    """A custom output class that is not a pytree: plain torch.export rejects it."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class _CustomOutputModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(32, 64)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64)) for _ in range(3)])
+        self.head = nn.Linear(64, 32)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        for block in self.blocks:
+            x = x + block(x)
+        return _Out(self.head(x))
+
+
+def test_fallback_for_outputs_export_rejects():
+    a = fxparam.inspect(_CustomOutputModel(), example_inputs=torch.zeros(2, 4, dtype=torch.long))
+    assert "flattened" in a.capture_method
+    assert a.depth == 3
+    assert a.params["head.weight"].role == "readout"
+    assert a.params["blocks.2.1.weight"].role == "hidden"
