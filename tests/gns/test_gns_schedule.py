@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from _gns_helpers import batch, swapped_tiny_gpt
 
 from fxparam.errors import RecipeError
-from fxparam.gns import PAPER_111M_TOTAL_TOKENS, BatchSizeSchedule, GNSEstimate, GNSStats
+from fxparam.gns import PAPER_111M_TOTAL_TOKENS, BatchSizeSchedule, GNSEstimate, GNSStats, monitor
 
 
 def _est(b_simple: float, good: int) -> GNSEstimate:
@@ -100,3 +101,25 @@ def test_bad_configs_name_the_fix():
         BatchSizeSchedule(
             kind="ramp", micro_batch_size=1, min_batch_size=1, max_batch_size=8, points=[(0, 8), (10, 4)]
         )
+
+
+def test_plain_training_loop_with_monitor_and_online_schedule():
+    model = swapped_tiny_gpt()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    mon = monitor(model)
+    sched = BatchSizeSchedule.online(micro_batch_size=2, min_batch_size=4, max_batch_size=16, warmup_steps=1)
+    seen = []
+    for step in range(4):
+        k = sched.accumulation_steps
+        idx, tgt = batch(sched.batch_size, seed=step)
+        for i, t in zip(idx.chunk(k), tgt.chunk(k), strict=True):
+            (model(i, t)[1] / k).backward()
+        est = mon.update()
+        assert est.total.batch_size == sched.batch_size  # the monitor saw every micro-batch
+        sched.apply_weight_decay(opt)
+        opt.step()
+        opt.zero_grad()
+        seen.append(sched.batch_size)
+        sched.step(tokens=sched.batch_size * idx.shape[1], estimate=est)
+    assert seen == sorted(seen) and all(4 <= b <= 16 and b % 2 == 0 for b in seen)
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1 * seen[-1] / 4)
