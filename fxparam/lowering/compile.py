@@ -1,0 +1,264 @@
+"""Compile lowering: the plan applied to Dynamo's captured graph, then Inductor.
+
+Three entry points, one rewrite (:func:`fxparam.lowering.graph.apply_plan_to_graph`):
+
+- :func:`compile_pass` -> :class:`PlanPass`, an Inductor ``CustomGraphPass`` for the
+  ``pre_grad_custom_pass`` option: ``torch.compile(model, options={"pre_grad_custom_pass":
+  fxparam.compile_pass(plan)})``.  Its ``uuid()`` hashes the plan's fingerprint,
+  fxparam's version and the source of the rewrite, so Inductor's FX-graph and AOTAutograd
+  caches never hand one plan's compiled artifact to another (in torch >= 2.10 pre-grad
+  passes run *after* the cache lookup, so the uuid is the only thing that tells two plans
+  apart).
+- :func:`backend` -> a Dynamo backend: ``torch.compile(model, backend=fxparam.backend(plan))``.
+  With ``inner="inductor"`` it calls ``compile_fx`` with the pass above; with any other
+  inner backend (``"aot_eager"``...) it rewrites the graph itself and hands it on.
+- :func:`compile` does it all: builds the plan, re-initialises the weights per the plan
+  (once, eagerly), records the plan on the model (so ``fxparam.optimizer`` works) and
+  returns ``torch.compile(model, backend=backend(plan))``.
+
+The rewrite runs on the forward graph *before* AOT autograd, so gradients follow from the
+rewritten forward.  Math-changing rewrites never run post-grad: :class:`PlanPass` refuses a
+graph that AOT autograd has already traced (``primals_*`` / ``tangents_*`` inputs).
+
+A Dynamo backend sees graphs, not the module, so :func:`backend` needs the Plan (built by
+``fxparam.plan(model, config)``); a config alone is refused with that fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+from fxparam.errors import ConfigError, LoweringError
+from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported
+from fxparam.plan import Plan
+
+_SOURCES = (__file__, __file__.replace("compile.py", "graph.py"))
+
+
+def _as_plan(plan: Plan | str | bytes, where: str) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, bytes)) and str(plan if isinstance(plan, str) else plan.decode()).lstrip().startswith("{"):
+        return Plan.from_json(plan)
+    raise ConfigError(
+        f"{where} needs the Plan of the model (a Dynamo backend never sees the module, so it cannot build "
+        f"one from a config): got {type(plan).__name__} {plan!r:.60}. Build it first: "
+        "plan = fxparam.plan(model, 'mup', base_width=...); torch.compile(model, backend=fxparam.backend(plan)) "
+        "- or use fxparam.compile(model, 'mup', base_width=...), which also re-initialises the weights."
+    )
+
+
+class PlanPass(CustomGraphPass):
+    """Inductor pre-grad pass applying a plan's forward changes to Dynamo's torch-IR graph.
+
+    Attributes:
+        plan: the plan.
+        applied: plan keys (multipliers and attention sites) applied so far, over all
+            graphs this pass has seen (one per region between graph breaks).
+        rewrites: one :class:`~fxparam.lowering.graph.GraphRewrite` per graph rewritten.
+
+    Example:
+        >>> plan = fxparam.plan(model, "mup", base_width=32)
+        >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": fxparam.compile_pass(plan)})
+    """
+
+    def __init__(self, plan: Plan | str) -> None:
+        self.plan = _as_plan(plan, "fxparam.compile_pass")
+        check_supported(self.plan, "compile")
+        self.applied: set[str] = set()
+        self.rewrites: list[GraphRewrite] = []
+
+    def __call__(self, graph: fx.Graph) -> None:
+        """Rewrite ``graph`` in place (Inductor lints and recompiles after its pre-grad passes)."""
+        names = [n.name for n in graph.nodes if n.op == "placeholder"]
+        if any(n.startswith(("primals_", "tangents_")) for n in names):
+            raise LoweringError(
+                "fxparam.compile_pass ran on a graph AOT autograd has already traced (it has primals/tangents "
+                "inputs): a math-changing rewrite after autograd leaves the gradients wrong. Register it as "
+                "options={'pre_grad_custom_pass': fxparam.compile_pass(plan)}, never as a post-grad or joint pass."
+            )
+        rewrite = apply_plan_to_graph(graph, self.plan, partial=True)
+        self.rewrites.append(rewrite)
+        self.applied |= rewrite.applied
+
+    def uuid(self) -> str:
+        """Cache key: hash of the plan's fingerprint, fxparam's version and this rewrite's source."""
+        from fxparam import __version__
+
+        text = f"fxparam {__version__} plan {self.plan.fingerprint()} code {get_hash_for_files(_SOURCES)!r}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def missing(self) -> list[str]:
+        """Plan keys not applied in any graph so far (call after the first compiled call)."""
+        keys = set(self.plan.attention) | set(self.plan.multipliers)
+        return sorted(keys - self.applied)
+
+    def __repr__(self) -> str:
+        return f"PlanPass({self.plan.model_class} [{' -> '.join(self.plan.passes)}], {self.plan.fingerprint()})"
+
+
+def compile_pass(plan: Plan | str) -> PlanPass:
+    """An Inductor pre-grad custom pass that applies ``plan`` (cache key: plan + fxparam version).
+
+    Args:
+        plan: from ``fxparam.plan(model, config)`` (or its JSON).
+
+    Returns:
+        A :class:`PlanPass` for ``options={"pre_grad_custom_pass": ...}``.  It does not
+        re-initialise weights: do that once with ``fxparam.lowering.compile.init_weights``.
+
+    Example:
+        >>> plan = fxparam.plan(model, "mup", base_width=32)
+        >>> fxparam.lowering.compile.init_weights(model, plan)
+        >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": fxparam.compile_pass(plan)})
+    """
+    return PlanPass(plan)
+
+
+class PlanBackend:
+    """A Dynamo backend ``(gm, example_inputs) -> callable`` applying a plan, then ``inner``.
+
+    Attributes:
+        plan_pass: the :class:`PlanPass` doing the rewrite (see its ``applied``/``missing()``).
+        inner: "inductor", another registered backend name, or a backend callable.
+        config_patches: extra Inductor options (``inner="inductor"`` only).
+    """
+
+    def __init__(self, plan: Plan | str, inner: str | Callable[..., Any] = "inductor",
+                 config_patches: dict[str, Any] | None = None) -> None:
+        self.plan_pass = PlanPass(plan)
+        self.inner = inner
+        self.config_patches = dict(config_patches or {})
+        if self.config_patches and inner != "inductor":
+            raise ConfigError(f"Inductor options were given but the inner backend is {inner!r}, not 'inductor'")
+
+    @property
+    def plan(self) -> Plan:
+        return self.plan_pass.plan
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        if self.inner == "inductor":
+            from torch._inductor import config as inductor_config
+            from torch._inductor.compile_fx import compile_fx
+            from torch._inductor.custom_graph_pass import get_custom_graph_passes
+
+            patches = dict(self.config_patches)
+            others = get_custom_graph_passes(patches.pop("pre_grad_custom_pass", inductor_config.pre_grad_custom_pass))
+            patches["pre_grad_custom_pass"] = [self.plan_pass, *(p for p in others if p is not self.plan_pass)]
+            return compile_fx(gm, example_inputs, config_patches=patches)
+        self.plan_pass(gm.graph)
+        gm.recompile()
+        inner = torch._dynamo.lookup_backend(self.inner) if isinstance(self.inner, str) else self.inner
+        return inner(gm, example_inputs)
+
+    def __repr__(self) -> str:
+        return f"fxparam.backend({self.plan_pass!r}, inner={self.inner!r})"
+
+
+def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
+            options: dict[str, Any] | None = None) -> PlanBackend:
+    """A Dynamo backend that applies ``plan`` to the captured graph, then compiles it.
+
+    The rewrite is pre-grad (before AOT autograd), so gradients are those of the rewritten
+    forward.  Weights are not touched: re-initialise them once, eagerly, with
+    ``fxparam.lowering.compile.init_weights(model, plan)`` - or use :func:`compile`.
+
+    Args:
+        plan: from ``fxparam.plan(model, config)`` (or its JSON); a config is refused
+            (a backend never sees the module).
+        inner: "inductor" (default; the plan runs as an Inductor pre-grad pass whose uuid
+            is the cache key), or any other Dynamo backend name or callable
+            (``"aot_eager"`` is handy in tests).
+        options: Inductor options, as ``torch.compile(options=...)``.
+
+    Example:
+        >>> plan = fxparam.plan(model, "mup", base_width=32)
+        >>> fxparam.lowering.compile.init_weights(model, plan)
+        >>> compiled = torch.compile(model, backend=fxparam.backend(plan))
+    """
+    return PlanBackend(plan, inner, options)
+
+
+def init_weights(model: nn.Module, plan: Plan) -> None:
+    """Re-initialise ``model``'s weights per ``plan`` in place (the eager lowering's re-init)."""
+    from fxparam.lowering.eager import _reinit, unwrap
+
+    _reinit(unwrap(model), plan)
+
+
+class _CompiledOnly:
+    """Forward pre-hook of a model lowered by :func:`compile`: its multipliers only exist compiled."""
+
+    fxparam_hook = True
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if not torch.compiler.is_compiling():
+            raise LoweringError(
+                f"{type(module).__name__} was lowered by fxparam.compile: its multipliers exist only in the "
+                "compiled graph, and this call ran it uncompiled (it was called directly, or Dynamo fell back "
+                "to eager, e.g. at its recompile limit). Call the module fxparam.compile returned, or use "
+                "fxparam.transform(model, ...) for a model that is right both eagerly and compiled."
+            )
+
+
+def compile(  # noqa: A001 - mirrors torch.compile on purpose
+    model: nn.Module,
+    config: Any,
+    *,
+    example_inputs: Any = None,
+    init: bool = True,
+    inner: str | Callable[..., Any] = "inductor",
+    options: dict[str, Any] | None = None,
+    dynamic: bool | None = None,
+    fullgraph: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Plan, re-initialise and ``torch.compile`` ``model`` with the plan applied in its graph.
+
+    The model gets no forward hooks: the multipliers live in the compiled graph only, so
+    calling the original module uncompiled raises instead of silently running without them.
+    The plan is recorded on it, so ``fxparam.optimizer(compiled, ...)`` and
+    ``fxparam.plan_of`` work, and transforming it again is refused.
+
+    Args:
+        model: the model (not already transformed).
+        config: a config object or name, as for ``fxparam.transform``; or a Plan.
+        example_inputs: inputs for the analysis (optional for GPT / HF models).
+        init: re-initialise weights per the plan (pass False before loading a checkpoint).
+        inner: the backend after the rewrite ("inductor", "aot_eager", ...).
+        options: Inductor options.
+        dynamic: forwarded to ``torch.compile``.
+        fullgraph: forwarded to ``torch.compile``.
+        **kwargs: fields of the named config(s) (``base_width=...``).
+
+    Returns:
+        ``torch.compile(model, backend=fxparam.backend(plan, inner=inner))``.
+
+    Example:
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> compiled = fxparam.compile(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32)
+        >>> opt = fxparam.optimizer(compiled, torch.optim.AdamW, lr=1e-2)
+    """
+    from fxparam.lowering.eager import PLAN_ATTR, _validate, unwrap
+    from fxparam.optim import watch
+    from fxparam.transform import plan as make_plan
+
+    inner_model = unwrap(model)
+    the_plan = config if isinstance(config, Plan) else make_plan(inner_model, config, example_inputs=example_inputs,
+                                                                  **kwargs)
+    check_supported(the_plan, "compile")
+    _validate(inner_model, the_plan)
+    be = backend(the_plan, inner=inner, options=options)
+    if init:
+        init_weights(inner_model, the_plan)
+    inner_model.register_forward_pre_hook(_CompiledOnly())
+    setattr(inner_model, PLAN_ATTR, the_plan)
+    watch(inner_model)
+    return torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph)
