@@ -32,3 +32,16 @@ def test_inspect_unknown_target(capsys):
 def test_inspect_user_factory_ok(capsys):
     assert main(["inspect", "tests.nanogpt_style:make", "--depth", "5"]) == 0
     assert "depth 5" in capsys.readouterr().out
+
+
+def test_inspect_plan_shows_multipliers_and_density(capsys):
+    assert main(["inspect", "gpt", "--width", "128", "--depth", "2", "--plan", "completep+supar",
+                 "--base-width", "64", "--base-depth", "1", "--density", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "density" in out and "0.5" in out and "blocks.1.mlp.proj" in out
+
+
+def test_inspect_plan_missing_base_width_is_one_line(capsys):
+    assert main(["inspect", "gpt", "--plan", "mup"]) == 2
+    err = capsys.readouterr().err
+    assert "base_width is required" in err and "Traceback" not in err
