@@ -103,7 +103,7 @@ def make_mask(
         A contiguous bool tensor of ``shape`` on ``device``; True = kept.
 
     Example:
-        >>> m = make_mask((64, 64), 0.25, 0, "blocks.0.mlp.fc.weight")
+        >>> m = make_mask((256, 256), 0.25, 0, "blocks.0.mlp.fc.weight")
         >>> round(m.float().mean().item(), 2)
         0.25
     """
@@ -294,7 +294,15 @@ def apply_masks(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
             dense model, or a fresh one about to load a checkpoint).
 
     Example:
-        >>> apply_masks(model, fxparam.plan(model, "mup+supar", base_width=64, density=0.5), init=False)
+        >>> import torch.nn as nn
+        >>> from fxparam.plan import MaskPlan, ParamPlan, Plan
+        >>> model = nn.Sequential(nn.Linear(64, 64))
+        >>> plan = Plan(params={"0.weight": ParamPlan(role="hidden"), "0.bias": ParamPlan(role="vector")},
+        ...             masks={"0.weight": MaskPlan(density=0.25, seed=0)})
+        >>> apply_masks(model, plan, init=False)
+        >>> mask = model[0].weight_mask  # bool buffer, not in state_dict
+        >>> bool((model[0].weight[~mask] == 0).all()), list(model.state_dict())
+        (True, ['0.weight', '0.bias'])
     """
     validate_masks(model, plan)
     names = dict(model.named_parameters(remove_duplicate=False))
@@ -336,9 +344,16 @@ def enforce_masks(model: nn.Module) -> None:
     the load hook cover the usual paths).
 
     Example:
+        >>> import torch.nn as nn
+        >>> from fxparam.plan import MaskPlan, ParamPlan, Plan
+        >>> model = nn.Sequential(nn.Linear(64, 64, bias=False))
+        >>> apply_masks(model, Plan(params={"0.weight": ParamPlan(role="hidden")},
+        ...                         masks={"0.weight": MaskPlan(density=0.5, seed=0)}))
         >>> with torch.no_grad():
-        ...     model.blocks[0].mlp.fc.weight.fill_(1.0)
+        ...     _ = model[0].weight.fill_(1.0)
         >>> enforce_masks(model)
+        >>> bool(model[0].weight.sum() == model[0].weight_mask.sum())
+        True
     """
     for module, guard in _guards(model):
         guard.zero(module)
@@ -348,7 +363,13 @@ def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """The bool keep-masks installed on ``model``, keyed by parameter FQN.
 
     Example:
+        >>> import torch.nn as nn
+        >>> from fxparam.plan import MaskPlan, ParamPlan, Plan
+        >>> model = nn.Sequential(nn.Linear(256, 256, bias=False))
+        >>> apply_masks(model, Plan(params={"0.weight": ParamPlan(role="hidden")},
+        ...                         masks={"0.weight": MaskPlan(density=0.25, seed=0)}))
         >>> {k: round(v.float().mean().item(), 2) for k, v in masks_of(model).items()}
+        {'0.weight': 0.25}
     """
     out = {}
     for name, module in model.named_modules():

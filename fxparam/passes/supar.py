@@ -43,6 +43,7 @@ def maskable(analysis: Analysis) -> list[str]:
     """FQNs SμPar masks: hidden weights inside residual blocks that own their tensor.
 
     Example:
+        >>> import fxparam
         >>> from fxparam.models import GPT, GPTConfig
         >>> maskable(fxparam.inspect(GPT(GPTConfig(width=64, depth=1))))
         ['blocks.0.attn.qkv.weight', 'blocks.0.attn.proj.weight', 'blocks.0.mlp.fc.weight', 'blocks.0.mlp.proj.weight']
@@ -56,6 +57,10 @@ def maskable(analysis: Analysis) -> list[str]:
 
 def densities(targets: list[str], cfg: SuPar, analysis: Analysis | None = None) -> dict[str, float]:
     """Density of each target: exact-FQN override, else the first matching ``re:`` pattern, else ``cfg.density``.
+
+    Example:
+        >>> densities(["b.0.fc.weight", "b.0.qkv.weight"], SuPar(density=0.25, overrides={"re:.*qkv.*": 0.5}))
+        {'b.0.fc.weight': 0.25, 'b.0.qkv.weight': 0.5}
 
     Raises:
         ConfigError: an override key that matches no maskable weight (typos must not be
@@ -95,7 +100,16 @@ def densities(targets: list[str], cfg: SuPar, analysis: Analysis | None = None) 
 
 @register_pass(SuPar)
 def supar_pass(analysis: Analysis, cfg: SuPar, plan: Plan) -> Plan:
-    """Refine the width pass's rules for the masked weights and record their masks."""
+    """Refine the width pass's rules for the masked weights and record their masks.
+
+    Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> plan = fxparam.plan(GPT(GPTConfig(width=128, depth=1)), "mup+supar", base_width=64, density=0.25)
+        >>> p = plan.params["blocks.0.mlp.fc.weight"]
+        >>> round(p.init_std, 4), p.lr_mult, p.density  # 0.02 / sqrt(2 * 0.25), 1 / (2 * 0.25)
+        (0.0283, 2.0, 0.25)
+    """
     targets = maskable(analysis)
     if not targets:
         if cfg.overrides:
