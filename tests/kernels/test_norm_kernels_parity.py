@@ -163,13 +163,20 @@ def test_grads_match_torch_autograd(kind, backend):
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
 @pytest.mark.parametrize("kind", ["ln", "rms"])
 @pytest.mark.parametrize("shape", [(3, 5, 24), (1, 4, 17), (2, 3, 2, 20), (4, 33)])
-def test_per_example_norms_match_vmap_bruteforce(kind, backend, shape):
-    """Example b's own loss sum(y_b * R_b) has gradient G_b; the kernel's sq norms must be |G_b|^2."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_example_norms_match_vmap_bruteforce(kind, backend, shape, dtype):
+    """Example b's own loss sum(y_b * R_b) has gradient G_b; the kernel's sq norms must be |G_b|^2.
+
+    bf16: the kernel gets bf16 tensors; the brute force runs in fp32 on the same (bf16-valued)
+    numbers, so only the kernel's fp32-accumulation order differs.
+    """
     N = shape[-1]
-    x = torch.randn(shape) * 1.5 + 0.2
-    R = torch.randn(shape)
-    w = torch.randn(N)
-    b = torch.randn(N) if kind == "ln" else None
+    low = lambda t: t.to(dtype) if t is not None else None
+    x, R, w = low(torch.randn(shape) * 1.5 + 0.2), low(torch.randn(shape)), low(torch.randn(N))
+    b = low(torch.randn(N)) if kind == "ln" else None
+    got = _run(kind, backend, x, R, w, b, 1e-5)
+    x, R, w = x.float(), R.float(), w.float()
+    b = b.float() if b is not None else None
 
     def example_loss(params, xb, rb):
         xb, rb = xb[None], rb[None]
@@ -188,10 +195,34 @@ def test_per_example_norms_match_vmap_bruteforce(kind, backend, shape):
     else:
         per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, R)
         want_sw, want_sb = per["w"].pow(2).sum(-1), per["b"].pow(2).sum(-1)
-    got = _run(kind, backend, x, R, w, b, 1e-5)
-    torch.testing.assert_close(got["sw"], want_sw, rtol=1e-4, atol=1e-5)
+    rtol = 1e-4 if dtype == torch.float32 else 2e-3  # bf16: x_hat from bf16 x, statistics in fp32 either way
+    torch.testing.assert_close(got["sw"], want_sw, rtol=rtol, atol=1e-5)
     if want_sb is not None:
-        torch.testing.assert_close(got["sb"], want_sb, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got["sb"], want_sb, rtol=rtol, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight:UserWarning")
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("kind", ["ln", "rms"])
+def test_mixed_dtypes_bf16_input_fp32_params(kind, backend):
+    """bf16 activations with fp32 parameters (no autocast): torch's output dtype and gradient dtypes."""
+    x = (torch.randn(2, 5, 40) + 0.3).bfloat16().requires_grad_()
+    w = torch.randn(40, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if kind == "ln" else None
+    got = []
+    if kind == "ln":
+        y = layer_norm_per_example(x, w, b, 1e-5, sink=lambda sw, sb: got.append(sw), backend=backend)
+        want = F.layer_norm(x, (40,), w, b, 1e-5)
+    else:
+        y = rms_norm_per_example(x, w, 1e-5, sink=lambda sw, sb: got.append(sw), backend=backend)
+        want = F.rms_norm(x, (40,), w, 1e-5)
+    assert y.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), want.float(), atol=2e-2, rtol=2e-2)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert x.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    spec = _spec(kind, x.detach(), dy, w.detach(), None if b is None else b.detach(), 1e-5)
+    torch.testing.assert_close(got[0], spec["sw"], rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
