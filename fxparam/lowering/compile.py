@@ -12,9 +12,9 @@ Three entry points, one rewrite (:func:`fxparam.lowering.graph.apply_plan_to_gra
 - :func:`backend` -> a Dynamo backend: ``torch.compile(model, backend=fxparam.backend(plan))``.
   With ``inner="inductor"`` it calls ``compile_fx`` with the pass above; with any other
   inner backend (``"aot_eager"``...) it rewrites the graph itself and hands it on.
-- :func:`compile` does it all: builds the plan, re-initialises the weights per the plan
-  (once, eagerly), records the plan on the model (so ``fxparam.optimizer`` works) and
-  returns ``torch.compile(model, backend=backend(plan))``.
+- :func:`compile` does it all: builds the plan, applies its weight side once, eagerly (SμPar
+  masks on the Parameters, the re-init), records the plan on the model (so
+  ``fxparam.optimizer`` works) and returns ``torch.compile(model, backend=backend(plan))``.
 
 The rewrite runs on the forward graph *before* AOT autograd, so gradients follow from the
 rewritten forward.  Math-changing rewrites never run post-grad: :class:`PlanPass` refuses a
@@ -112,11 +112,12 @@ def compile_pass(plan: Plan | str) -> PlanPass:
 
     Returns:
         A :class:`PlanPass` for ``options={"pre_grad_custom_pass": ...}``.  It does not
-        re-initialise weights: do that once with ``fxparam.lowering.compile.init_weights``.
+        touch weights: re-initialise them (and install SμPar masks) once with
+        ``fxparam.lowering.compile.prepare_model``.
 
     Example:
         >>> plan = fxparam.plan(model, "mup", base_width=32)
-        >>> fxparam.lowering.compile.init_weights(model, plan)
+        >>> fxparam.lowering.compile.prepare_model(model, plan)
         >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": fxparam.compile_pass(plan)})
     """
     return PlanPass(plan)
@@ -168,7 +169,7 @@ def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
 
     The rewrite is pre-grad (before AOT autograd), so gradients are those of the rewritten
     forward.  Weights are not touched: re-initialise them once, eagerly, with
-    ``fxparam.lowering.compile.init_weights(model, plan)`` - or use :func:`compile`.
+    ``fxparam.lowering.compile.prepare_model(model, plan)`` - or use :func:`compile`.
 
     Args:
         plan: from ``fxparam.plan(model, config)`` (or its JSON); a config is refused
@@ -180,17 +181,27 @@ def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
 
     Example:
         >>> plan = fxparam.plan(model, "mup", base_width=32)
-        >>> fxparam.lowering.compile.init_weights(model, plan)
+        >>> fxparam.lowering.compile.prepare_model(model, plan)
         >>> compiled = torch.compile(model, backend=fxparam.backend(plan))
     """
     return PlanBackend(plan, inner, options)
 
 
-def init_weights(model: nn.Module, plan: Plan) -> None:
-    """Re-initialise ``model``'s weights per ``plan`` in place (the eager lowering's re-init)."""
-    from fxparam.lowering.eager import _reinit, unwrap
+def prepare_model(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
+    """The weight side of ``plan`` on ``model``, in place: SμPar masks, then the re-init.
 
-    _reinit(unwrap(model), plan)
+    What the eager lowering does to the weights (``fxparam.lowering.eager.prepare_weights``);
+    call it once before ``torch.compile(model, backend=fxparam.backend(plan))``
+    (:func:`compile` does).
+
+    Example:
+        >>> plan = fxparam.plan(model, "mup", base_width=32)
+        >>> fxparam.lowering.compile.prepare_model(model, plan)
+        >>> compiled = torch.compile(model, backend=fxparam.backend(plan))
+    """
+    from fxparam.lowering.eager import prepare_weights, unwrap
+
+    prepare_weights(unwrap(model), plan, init=init)
 
 
 class _CompiledOnly:
@@ -256,8 +267,7 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
     check_supported(the_plan, "compile")
     _validate(inner_model, the_plan)
     be = backend(the_plan, inner=inner, options=options)
-    if init:
-        init_weights(inner_model, the_plan)
+    prepare_model(inner_model, the_plan, init=init)
     inner_model.register_forward_pre_hook(_CompiledOnly())
     setattr(inner_model, PLAN_ATTR, the_plan)
     watch(inner_model)

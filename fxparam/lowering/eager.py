@@ -94,6 +94,28 @@ def _reinit(model: nn.Module, plan: Plan) -> None:
             param.zero_()
 
 
+def prepare_weights(model: nn.Module, plan: Plan, *, init: bool) -> None:
+    """The weight side of a plan, shared by every lowering: SμPar masks, then the re-init.
+
+    Args:
+        model: the module (for the graph and compile lowerings, the module whose
+            Parameters the GraphModule / compiled graph use).
+        plan: the plan.
+        init: re-initialise per the plan (then re-zero masked entries); False masks the
+            current values only.
+    """
+    if plan.masks:
+        from fxparam.lowering.masks import apply_masks
+
+        apply_masks(model, plan, init=init)
+    if init:
+        _reinit(model, plan)
+        if plan.masks:
+            from fxparam.lowering.masks import enforce_masks
+
+            enforce_masks(model)
+
+
 def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module:
     """Apply ``plan`` to ``model`` in place and return it."""
     _validate(model, plan)
@@ -120,16 +142,7 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
             modules[name].register_forward_pre_hook(InputScale(factor, name))
         else:
             modules[key].register_forward_hook(OutputScale(factor, key))
-    if plan.masks:
-        from fxparam.lowering.masks import apply_masks
-
-        apply_masks(model, plan, init=init)
-    if init:
-        _reinit(model, plan)
-        if plan.masks:
-            from fxparam.lowering.masks import enforce_masks
-
-            enforce_masks(model)
+    prepare_weights(model, plan, init=init)
     setattr(model, PLAN_ATTR, plan)
     from fxparam.optim import watch
 

@@ -20,7 +20,12 @@ Limits (checked, each with a :class:`~fxparam.LoweringError` that names the fix)
   at export time (``gm.to(...)`` is refused at the next call: lower again instead);
 - attention written by hand (matmul, scale, softmax) cannot be rescaled here: use the
   eager lowering (``fxparam.transform``), which sets the module's scale attribute;
-- GNS norm swaps and SμPar masks are not supported in the graph lowering: use eager.
+- GNS norm swaps are not supported in the graph lowering (they swap modules for ones with
+  their own backward): use eager.
+- SμPar masks are installed on the GraphModule's submodules exactly as the eager lowering
+  installs them (bool buffers, masked entries zeroed, a gradient hook per masked
+  Parameter, re-zeroing after ``load_state_dict``); the GraphModule runs their guards at
+  each call.  The model the GraphModule was exported from does not get them.
 """
 
 from __future__ import annotations
@@ -231,7 +236,11 @@ def _sdpa_nodes(calls: list[list[fx.Node]]) -> list[fx.Node]:
 
 
 def check_supported(plan: Plan, lowering: str) -> None:
-    """Refuse plan entries that ``lowering`` ("graph" or "compile") cannot express."""
+    """Refuse plan entries that ``lowering`` ("graph" or "compile") cannot express.
+
+    SμPar masks are not graph entries: they live on the Parameters (zeroed entries and a
+    gradient hook, see :func:`fxparam.lowering.eager.prepare_weights`).
+    """
     fix = (
         "Use the eager lowering: fxparam.transform(model, ...) (then torch.compile(model) if you want it "
         "compiled; the eager hooks compile without graph breaks)."
@@ -240,11 +249,6 @@ def check_supported(plan: Plan, lowering: str) -> None:
         raise LoweringError(
             f"the {lowering} lowering does not support GNS norm swaps ({len(plan.norm_swaps)} norms, e.g. "
             f"{plan.norm_swaps[0]!r}): they replace modules, which a graph rewrite cannot do. {fix}"
-        )
-    if plan.masks:
-        raise LoweringError(
-            f"the {lowering} lowering does not support SμPar masks ({len(plan.masks)} masked parameters, e.g. "
-            f"{next(iter(plan.masks))!r}). {fix}"
         )
     for name, site in plan.attention.items():
         if site.kind != "sdpa":
@@ -265,7 +269,8 @@ def apply_plan_to_graph(graph: fx.Graph, plan: Plan, *, partial: bool = False) -
     Args:
         graph: the graph to rewrite (``graph.lint()`` is run; call ``recompile()`` on its
             GraphModule afterwards).
-        plan: the plan; norm swaps, masks and hand-written attention are refused.
+        plan: the plan; norm swaps and hand-written attention are refused (masks are
+            not graph entries and are ignored here).
         partial: allow plan modules that do not appear in this graph (Dynamo hands a
             backend one graph per region between graph breaks); otherwise each must.
 
@@ -408,13 +413,15 @@ def lower_graph(
 
     The GraphModule shares the model's parameters (same ``Parameter`` objects, same FQNs),
     so ``fxparam.optimizer(gm, ...)`` and ``gm.state_dict()`` work as on the model.  The
-    model itself gets no hooks; with ``init=True`` its weights are re-initialised per the
-    plan first (the same re-init as the eager lowering).
+    model gets no forward hooks.  The plan's weight side is applied as in the eager
+    lowering: with ``init=True`` the shared weights are re-initialised, and SμPar masks are
+    installed on the GraphModule's submodules.
 
     Args:
         model: the model (not already transformed).
         plan: from ``fxparam.plan(model, config)``.
-        init: re-initialise weights per the plan (in place) before exporting.
+        init: re-initialise the (shared) weights per the plan; False before loading a
+            checkpoint.
         example_inputs: real inputs to export with (a tensor, tuple, dict of keyword
             arguments or ``(args, kwargs)``); optional for models that describe their own.
             Their shapes are the only shapes the GraphModule accepts unless ``dynamic``.
@@ -424,7 +431,7 @@ def lower_graph(
         A ``torch.fx.GraphModule`` (``ep.module()``) carrying the plan (``fxparam.plan_of(gm)``).
 
     Raises:
-        LoweringError: norm swaps, masks or hand-written attention in the plan, a plan for
+        LoweringError: norm swaps or hand-written attention in the plan, a plan for
             another model, or a module whose output/input is not one tensor.
         CaptureError: the model cannot be exported.
 
@@ -437,7 +444,7 @@ def lower_graph(
         ['fxparam_mul_ln_f_...']  # doctest: +SKIP
         >>> opt = fxparam.optimizer(gm, torch.optim.AdamW, lr=1e-2)
     """
-    from fxparam.lowering.eager import _reinit, _validate
+    from fxparam.lowering.eager import _validate, prepare_weights
 
     check_supported(plan, "graph")
     _validate(model, plan)
@@ -450,8 +457,6 @@ def lower_graph(
         args, kwargs = pytree.tree_map_only(
             torch.Tensor, lambda t: t.to(device) if t.device != device else t, (args, kwargs)
         )
-    if init:
-        _reinit(model, plan)
     try:
         ep = torch.export.export(
             model, args, kwargs, strict=False,
@@ -466,6 +471,9 @@ def lower_graph(
     gm = ep.module()
     apply_plan_to_graph(gm.graph, plan)
     gm.recompile()
+    # The weight side, on the GraphModule's submodules (they hold the model's Parameters): the
+    # eager lowering's masks and re-init, in the same order, so the same seed gives the same weights.
+    prepare_weights(gm, plan, init=init)
 
     leaves = pytree.tree_leaves((args, kwargs))
     specs = [(tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else None for t in leaves]
@@ -473,6 +481,21 @@ def lower_graph(
     attach(gm)
     gm._register_deepcopy_hook(attach)  # GraphModule.__deepcopy__ drops forward hooks and attributes
     return gm
+
+
+class _MaskGuards:
+    """Forward pre-hook of a masked GraphModule: run each submodule's SμPar mask guard.
+
+    The GraphModule never calls its submodules, so their guards (re-hook the gradient of a
+    copied Parameter, re-zero masked entries after a foreign write) run from here.
+    """
+
+    def __init__(self, guards: list[tuple[nn.Module, Any]]) -> None:
+        self.guards = guards
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        for owner, guard in self.guards:
+            guard(owner, args)
 
 
 class _Attach:
@@ -488,6 +511,10 @@ class _Attach:
 
         handle = gm.register_forward_pre_hook(self.check, with_kwargs=True)
         gm._forward_pre_hooks.move_to_end(handle.id, last=False)  # before export's own guards
+        if self.plan.masks:
+            from fxparam.lowering.masks import _guards
+
+            gm.register_forward_pre_hook(_MaskGuards(_guards(gm)))
         setattr(gm, PLAN_ATTR, self.plan)
         watch(gm)
 

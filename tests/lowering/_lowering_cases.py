@@ -25,7 +25,12 @@ BATCH, SEQ = 2, 16
 
 MUP = {"base_width": 16, "base_head_dim": 8, "embedding_multiplier": 2.0, "output_multiplier": 1.5}
 COMPLETEP = {**MUP, "base_depth": 1}
-CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {"mup": ("mup", MUP), "completep": ("completep", COMPLETEP)}
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mup": ("mup", MUP),
+    "completep": ("completep", COMPLETEP),
+    "completep+supar": ("completep+supar", {**COMPLETEP, "density": 0.5}),
+    "completep+gns": ("completep+gns", COMPLETEP),
+}
 
 GPT_OPTIONS: dict[str, dict[str, Any]] = {
     "gelu-learned": {},

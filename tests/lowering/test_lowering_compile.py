@@ -199,6 +199,24 @@ def test_eager_transform_adds_no_graph_breaks(case: Case) -> None:
         assert not torch.allclose(got, base(idx)[0], **TOL)
 
 
+@pytest.mark.xfail(strict=True, reason="GNS per-example norms mutate a Python accumulator (SqNormAccumulator) "
+                   "in their autograd.Function backward, which Dynamo cannot trace (fxparam/kernels/norms.py)")
+def test_eager_gns_adds_no_graph_breaks() -> None:
+    torch.manual_seed(0)
+    model = gpt_case("gelu-learned").make()
+    lower_eager(model, fxparam.plan(model, "completep+gns", **COMPLETEP), init=False)
+    explained = torch._dynamo.explain(model)(torch.randint(0, 256, (2, 16)))
+    assert explained.graph_break_count == 0
+
+
+def test_eager_supar_adds_no_graph_breaks() -> None:
+    torch.manual_seed(0)
+    model = gpt_case("gelu-learned").make()
+    lower_eager(model, fxparam.plan(model, "completep+supar", **COMPLETEP, density=0.5), init=False)
+    explained = torch._dynamo.explain(model)(torch.randint(0, 256, (2, 16)))
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
 def test_private_torch_apis_we_rely_on() -> None:
     """Pinned to the installed torch: fail loudly here, not deep inside a compile, when they move."""
     from torch._inductor import config as inductor_config

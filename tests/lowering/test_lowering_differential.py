@@ -14,11 +14,13 @@ import functools
 
 import pytest
 import torch
-from _lowering_cases import CONFIGS, Case, batch, gpt_case, hf_case, train
+from _lowering_cases import CONFIGS, Case, Run, batch, gpt_case, hf_case, train
 
 import fxparam
 from fxparam.analysis import Analysis, analyse
 from fxparam.configs import resolve_config
+from fxparam.errors import LoweringError
+from fxparam.lowering import unwrap
 from fxparam.lowering.compile import compile as fx_compile
 from fxparam.lowering.eager import lower_eager
 from fxparam.lowering.graph import lower_graph
@@ -61,6 +63,19 @@ def _lowered(case: Case, config: str) -> dict[str, torch.nn.Module]:
     return models
 
 
+def _assert_runs_agree(ref: Run, run: Run, name: str) -> None:
+    assert run.init.keys() == ref.init.keys()
+    for fqn in ref.init:  # same re-init under the same seed
+        torch.testing.assert_close(run.init[fqn], ref.init[fqn], atol=0, rtol=0)
+    assert run.lrs == ref.lrs, f"{name}: param groups differ"
+    _assert_close(ref.logits, run.logits, f"{name} logits", OUT_TOL)
+    assert run.grads.keys() == ref.grads.keys()
+    for fqn in ref.grads:
+        _assert_close(ref.grads[fqn], run.grads[fqn], f"{name} grad of {fqn}", GRAD_TOL)
+    assert max(abs(a - b) for a, b in zip(ref.losses, run.losses, strict=True)) <= LOSS_TOL, (
+        name, ref.losses, run.losses)
+
+
 def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str, tol: dict[str, float]) -> None:
     torch.testing.assert_close(b, a, **tol, msg=lambda m: f"{what}: {m}")
 
@@ -71,21 +86,46 @@ def test_lowerings_agree(case: Case, config: str) -> None:
     torch._dynamo.reset()
     models = _lowered(case, config)
     runs = {k: train(case, m) for k, m in models.items()}
-    ref = runs["eager"]
-    assert len(ref.grads) == len(dict(models["eager"].named_parameters()))
+    assert len(runs["eager"].grads) == len(dict(models["eager"].named_parameters()))
     for name in ("graph", "compiled"):
-        run = runs[name]
-        assert run.init.keys() == ref.init.keys()
-        for fqn in ref.init:  # same re-init under the same seed
-            torch.testing.assert_close(run.init[fqn], ref.init[fqn], atol=0, rtol=0)
-        assert run.lrs == ref.lrs, f"{name}: param groups differ"
-        _assert_close(ref.logits, run.logits, f"{name} logits", OUT_TOL)
-        assert run.grads.keys() == ref.grads.keys()
-        for fqn in ref.grads:
-            _assert_close(ref.grads[fqn], run.grads[fqn], f"{name} grad of {fqn}", GRAD_TOL)
-        assert max(abs(a - b) for a, b in zip(ref.losses, run.losses, strict=True)) <= LOSS_TOL, (
-            name, ref.losses, run.losses)
+        _assert_runs_agree(runs["eager"], runs[name], name)
     assert fxparam.plan_of(models["compiled"]) is fxparam.plan_of(models["graph"]) is fxparam.plan_of(models["eager"])
+
+
+def test_supar_masks_agree_across_lowerings() -> None:
+    """SμPar on CompleteP: masked weights stay exactly 0 and get exactly 0 gradient in all three."""
+    case = CASES[0]
+    torch._dynamo.reset()
+    models = _lowered(case, "completep+supar")
+    plan = fxparam.plan_of(models["eager"])
+    assert plan.masks
+    runs = {k: train(case, m) for k, m in models.items()}
+    for name in ("graph", "compiled"):
+        _assert_runs_agree(runs["eager"], runs[name], name)
+    for name, model in models.items():
+        params = dict(unwrap(model).named_parameters())
+        for fqn in plan.masks:
+            kept = runs["eager"].init[fqn] != 0
+            assert (runs[name].grads[fqn][~kept] == 0).all(), (name, fqn)
+            assert (params[fqn][~kept] == 0).all(), (name, fqn)
+
+
+def test_gns_eager_model_compiles_and_graph_lowerings_refuse() -> None:
+    """GNS swaps norm modules (their own backward): eager only; the eager model under Dynamo agrees."""
+    case = CASES[0]
+    base, analysis = _base_and_analysis(case)
+    plan = build_plan(analysis, resolve_config("completep+gns", **CONFIGS["completep+gns"][1]))
+    idx, _ = batch(0)
+    with pytest.raises(LoweringError, match="GNS norm swaps.*fxparam.transform"):
+        lower_graph(copy.deepcopy(base), plan, example_inputs=case.inputs(idx))
+    with pytest.raises(LoweringError, match="GNS norm swaps"):
+        fx_compile(copy.deepcopy(base), plan)
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    eager = lower_eager(copy.deepcopy(base), plan, init=True)
+    torch.manual_seed(1)
+    compiled = torch.compile(lower_eager(copy.deepcopy(base), plan, init=True), backend="aot_eager")
+    _assert_runs_agree(train(case, eager), train(case, compiled), "eager+torch.compile")
 
 
 def test_negative_control_untransformed_differs() -> None:

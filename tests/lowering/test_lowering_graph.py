@@ -144,11 +144,10 @@ def test_sdpa_without_scale_matches_the_eager_override() -> None:
     ("change", "match"),
     [
         ({"norm_swaps": ["ln_f"]}, "GNS norm swaps"),
-        ({"masks": {"blocks.0.mlp.fc.weight": {"density": 0.5, "seed": 0}}}, "SμPar masks"),
         ({"attention": {"blocks.0.attn": {"scale": 0.1, "previous": 0.25, "head_dim": 16, "kind": "manual"}}},
          "by hand"),
     ],
-    ids=["norm-swaps", "masks", "manual-attention"],
+    ids=["norm-swaps", "manual-attention"],
 )
 def test_unsupported_plan_entries_name_the_eager_fix(setup: tuple[nn.Module, Plan, torch.Tensor],
                                                        change: dict, match: str) -> None:
@@ -224,3 +223,25 @@ def test_nested_and_chained_multipliers_compose_like_the_hooks() -> None:
     torch.testing.assert_close(gm(x), eager(x))
     assert sorted(f for _n, f in multiplier_nodes(gm)) == [0.25, 0.5, 2.0, 3.0]
     assert not torch.allclose(model(x), eager(x))
+
+
+def test_supar_masks_live_on_the_graphmodule(setup: tuple[nn.Module, Plan, torch.Tensor]) -> None:
+    base, _plan, idx = setup
+    plan = fxparam.plan(base, "completep+supar", **COMPLETEP, density=0.5, store_masks=True)
+    torch.manual_seed(2)
+    eager = lower_eager(copy.deepcopy(base), plan, init=True)
+    torch.manual_seed(2)
+    gm = lower_graph(copy.deepcopy(base), plan, init=True, example_inputs=idx)
+    assert list(gm.state_dict()) == list(eager.state_dict())  # stored masks: the same extra keys
+    for fqn in plan.masks:
+        torch.testing.assert_close(gm.get_parameter(fqn), eager.get_parameter(fqn), atol=0, rtol=0)
+    state = {k: v.clone() for k, v in gm.state_dict().items()}
+    dense = {k: (torch.ones_like(v) if k in plan.masks else v) for k, v in state.items()}
+    gm.load_state_dict(dense)  # loading a dense tensor re-zeroes the masked entries
+    for fqn in plan.masks:
+        assert torch.equal(gm.get_parameter(fqn) != 0, state[fqn + "_mask"]), fqn
+    twin = copy.deepcopy(gm)  # a copy re-hooks its own Parameters at its first call
+    twin(idx).sum().backward()
+    for fqn in plan.masks:
+        grad = twin.get_parameter(fqn).grad
+        assert grad is not None and (grad[~state[fqn + "_mask"]] == 0).all(), fqn
