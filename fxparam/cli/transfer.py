@@ -1,0 +1,229 @@
+"""``fxparam transfer``: does the best learning rate stay put as the model grows?
+
+Trains the built-in GPT at several widths (or depths) over a grid of learning rates under
+SP and muP (or muP and CompleteP over depth), on real text for a fixed token budget; plots
+held-out loss vs LR per size, one panel per parameterization, and reports the optimal LR
+per size and how far it moves.  Finished runs are kept in a JSON-lines file in the output
+folder, so re-running skips them (and an interrupted sweep resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fxparam.cli._gpt_options import add_model_options, gpt_options
+from fxparam.cli.coord_check import add_run_options, int_list, param_list, positive_int
+from fxparam.errors import ConfigError, FxparamError
+
+#: Shipped sweeps: (sizes, lr exponents lo..hi, steps) for each (vary, quick).
+PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
+    ("width", False): {"sizes": [64, 128, 256, 512], "lr_range": (-12, -5), "steps": 150},
+    ("width", True): {"sizes": [64, 128, 256], "lr_range": (-11, -5), "steps": 80},
+    ("depth", False): {"sizes": [2, 4, 8, 16], "lr_range": (-11, -4), "steps": 150},
+    ("depth", True): {"sizes": [2, 4, 8], "lr_range": (-10, -5), "steps": 80},
+}
+
+_EPILOG = """\
+examples:
+  fxparam transfer                 # widths 64..512, SP vs muP, LRs 2^-12..2^-5 (about 10 min on 2 cores)
+  fxparam transfer --quick         # widths 64..256, fewer LRs and steps (about 2 min)
+  fxparam transfer --vary depth    # depths 2..16 at width 128, muP vs CompleteP
+  fxparam transfer --widths 64,128 --lrs 2^-10..2^-6 --steps 50 --out /tmp/t
+
+Every run: AdamW from fxparam.optimizer (the plan's per-group LRs), warmup then linear decay
+to zero (fxparam.schedules.d2z), byte tokens of Python's documentation (or --data), the same
+batches for every run; loss measured on the held-out tail.  The LR on the x axis is the base
+LR: the LR of the base model (the smallest width), which muP rescales per parameter group.
+
+Re-running with the same settings re-uses finished runs from DIR/<vary>.jsonl (--fresh
+starts over; --lrs or --widths that add points train only the new ones).  Exit status: 0 on success, 2 on bad options.
+"""
+
+
+def lr_list(text: str) -> list[float]:
+    """Parse ``"2^-12..2^-5"`` (every power of 2 in between) or ``"1e-3,2^-8,0.01"`` for argparse."""
+    text = text.replace(" ", "")
+
+    def one(term: str) -> float:
+        try:
+            value = 2.0 ** int(term[2:]) if term.startswith("2^") else float(term)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{term!r} is not a learning rate (use e.g. 2^-12..2^-5 or 1e-3,3e-3)"
+            ) from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{term!r}: learning rates must be positive")
+        return value
+
+    if ".." in text:
+        lo_text, _, hi_text = text.partition("..")
+        if not (lo_text.startswith("2^") and hi_text.startswith("2^")):
+            raise argparse.ArgumentTypeError(f"{text!r}: a range is written 2^LO..2^HI, e.g. 2^-12..2^-5")
+        lo, hi = one(lo_text), one(hi_text)
+        if lo > hi:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: the range is empty (the first LR must not exceed the second)"
+            )
+        return [2.0**k for k in range(round(math.log2(lo)), round(math.log2(hi)) + 1)]
+    values = sorted({one(t) for t in text.split(",") if t})
+    if not values:
+        raise argparse.ArgumentTypeError("no learning rate given")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``transfer`` sub-command."""
+    p = sub.add_parser(
+        "transfer",
+        help="LR transfer: train several widths (or depths) over an LR grid under SP / muP / CompleteP",
+        description="The classic muP demonstration: held-out loss vs learning rate at several widths (or "
+        "depths); under muP (CompleteP) the best LR should stay put, under SP it moves.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_options(p, sweep=True)
+    p.add_argument("--vary", choices=["width", "depth"], default="width", help="what grows (default width)")
+    p.add_argument("--quick", action="store_true", help="a smaller sweep (about 2 minutes on 2 cores)")
+    p.add_argument(
+        "--param",
+        type=param_list,
+        default=None,
+        metavar="NAMES",
+        help="parameterizations (default sp,mup over width; mup,completep over depth)",
+    )
+    p.add_argument("--widths", type=int_list, default=None, metavar="W1,W2,...", help="widths (--vary width)")
+    p.add_argument("--depths", type=int_list, default=None, metavar="D1,D2,...", help="depths (--vary depth)")
+    p.add_argument(
+        "--width", type=positive_int, default=None, help="fixed width for --vary depth (default 128)"
+    )
+    p.add_argument(
+        "--depth", type=positive_int, default=None, help="fixed depth for --vary width (default 2)"
+    )
+    p.add_argument(
+        "--lrs",
+        type=lr_list,
+        default=None,
+        metavar="2^LO..2^HI|LR,LR,...",
+        help="base learning rates: a power-of-2 grid such as 2^-12..2^-5 (the default over width), "
+        "or a list such as 1e-3,3e-3",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="updates per run (default 150; --quick 80)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per update (default 16)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per point, averaged (default 1)")
+    p.add_argument("--eval-batches", type=positive_int, default=16, help="held-out batches (default 16)")
+    p.add_argument(
+        "--out", default="fxparam-transfer", metavar="DIR", help="output folder (default ./fxparam-transfer)"
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="ignore runs recorded in DIR and train everything again"
+    )
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG plot")
+    add_run_options(p)
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`fxparam.transfer.transfer` for the parsed options."""
+    from fxparam.transfer import DEFAULT_PARAMS, GPT_OPTIONS, lr_grid
+
+    preset = PRESETS[(args.vary, args.quick)]
+    if args.vary == "width" and args.depths is not None:
+        raise ConfigError("--depths applies to --vary depth; over width set the fixed depth with --depth")
+    if args.vary == "depth" and args.widths is not None:
+        raise ConfigError("--widths applies to --vary width; over depth set the fixed width with --width")
+    sizes = (args.widths if args.vary == "width" else args.depths) or preset["sizes"]
+    if len(sizes) < 2:
+        raise ConfigError(f"give at least two {args.vary}s to compare")
+    fixed = args.depth if args.vary == "width" else args.width
+    lrs = args.lrs or lr_grid(*preset["lr_range"])
+    if args.model != "gpt" and any(
+        getattr(args, k, None) is not None for k in ("heads", "head_dim", "mlp", "norm")
+    ):
+        raise ConfigError("GPT options (--heads, --head-dim, ...) only apply to --model gpt")
+    options = {**GPT_OPTIONS, **gpt_options(args)}
+    seq_len = options.pop("seq_len", None) or 64
+    return {
+        "model": args.model,
+        "model_options": options,
+        "vary": args.vary,
+        "sizes": sizes,
+        "fixed": fixed,
+        "params": args.param or list(DEFAULT_PARAMS[args.vary]),
+        "lrs": lrs,
+        "steps": args.steps or preset["steps"],
+        "batch_size": args.batch_size,
+        "seq_len": seq_len,
+        "weight_decay": args.weight_decay,
+        "seeds": list(range(args.seed, args.seed + args.seeds)),
+        "eval_batches": args.eval_batches,
+        "data": args.data,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or resume) the sweep, print the optimum table, write JSON, CSV and the plot."""
+    from tqdm import tqdm
+
+    from fxparam.transfer import default_jobs, transfer
+
+    if args.weight_decay < 0 or not math.isfinite(args.weight_decay):
+        raise ConfigError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    kwargs = settings_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / f"{args.vary}.jsonl"
+    if args.fresh and results.exists():
+        results.unlink()
+    jobs = args.jobs or default_jobs()
+    n = len(kwargs["params"]) * len(kwargs["sizes"]) * len(kwargs["lrs"]) * len(kwargs["seeds"])
+    tokens = kwargs["steps"] * kwargs["batch_size"] * kwargs["seq_len"]
+    print(
+        f"transfer: {n} runs ({', '.join(kwargs['params'])} x {args.vary}s {kwargs['sizes']} x "
+        f"{len(kwargs['lrs'])} LRs x {len(kwargs['seeds'])} seed(s)), {tokens:,} tokens each, on {jobs} process(es)",
+        file=sys.stderr,
+    )
+    bar = tqdm(
+        total=n,
+        desc="transfer",
+        unit="run",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not (args.progress and sys.stderr.isatty()),
+    )
+    start = time.perf_counter()
+    try:
+        res = transfer(
+            **kwargs, results=results, jobs=jobs, threads=args.threads, progress=lambda _p: bar.update(1)
+        )
+    except FxparamError:
+        raise
+    except Exception as exc:
+        if args.traceback:
+            raise
+        raise ConfigError(f"training failed: {type(exc).__name__}: {exc} (rerun with --traceback)") from exc
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    trained = len(res.points) - res.resumed
+    text = res.summary() + (
+        f"\n\n{trained} run(s) trained in {seconds:.0f} s"
+        + (f", {res.resumed} re-used from {results}" if res.resumed else "")
+        + "."
+    )
+    print(text)
+    written = [res.save(out / f"{args.vary}.json"), res.to_csv(out / f"{args.vary}.csv")]
+    (out / f"{args.vary}_summary.md").write_text(text + "\n", encoding="utf-8")
+    written.append(os.fspath(out / f"{args.vary}_summary.md"))
+    if args.plot:
+        written.append(res.plot(out / f"{args.vary}.png"))
+    print(f"wrote {', '.join(map(str, written))} (runs kept in {results})")
+    return 0

@@ -1,0 +1,739 @@
+"""Hyperparameter transfer: does the best learning rate stay put as the model grows?
+
+The classic muP demonstration (Tensor Programs V, Figure 1): train the same model at
+several widths (or depths) over a grid of learning rates, for a fixed token budget, on
+real text, and compare held-out loss vs LR.  Under the standard parameterization (SP) the
+optimal LR moves as the model widens; under muP (width) and CompleteP (depth) it should
+stay within one grid step of the small model's.
+
+Each run is AdamW built by :func:`fxparam.optimizer` (the plan's per-group LRs), warmup
+then linear decay to zero (:func:`fxparam.schedules.d2z`), on byte tokens of Python's own
+documentation (:class:`fxparam.data.ByteCorpus`, no download), evaluated on the held-out
+tail.  Every finished run is appended to a JSON-lines results file, so an interrupted or
+extended sweep re-uses what is done.
+
+Example:
+    >>> res = fxparam.transfer.transfer(sizes=[64, 128], params=["sp", "mup"],
+    ...                                 lrs=[2**-9, 2**-7, 2**-5], steps=50)
+    >>> print(res.summary())
+    >>> res.plot("transfer.png")
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fxparam.errors import ConfigError
+
+Vary = Literal["width", "depth"]
+
+#: Parameterizations compared when not given: over width SP vs muP vs CompleteP (at the base
+#: depth CompleteP equals muP, so it is left out of the width sweep); over depth muP vs CompleteP.
+DEFAULT_PARAMS: dict[str, tuple[str, ...]] = {"width": ("sp", "mup"), "depth": ("mup", "completep")}
+
+#: Options of the built-in GPT used by ``fxparam transfer`` (heads grow with width at a
+#: fixed head dim of 16, so width 64 has 4 heads).
+GPT_OPTIONS: dict[str, Any] = {"head_dim": 16}
+
+_PARAM_LABELS = {"sp": "SP", "mup": "μP", "completep": "CompleteP"}
+
+
+def param_label(name: str) -> str:
+    """Display name of a parameterization: ``"mup"`` -> ``"μP"``."""
+    return "+".join(_PARAM_LABELS.get(n, n) for n in name.split("+"))
+
+
+def lr_grid(lo: int, hi: int) -> list[float]:
+    """Powers of two ``2**lo .. 2**hi`` (inclusive).
+
+    Example:
+        >>> lr_grid(-3, -1)
+        [0.125, 0.25, 0.5]
+    """
+    if lo > hi:
+        raise ConfigError(f"lr_grid: empty range 2^{lo} .. 2^{hi}")
+    return [2.0**k for k in range(lo, hi + 1)]
+
+
+class TransferSettings(BaseModel):
+    """Everything that determines one sweep's numbers (saved with the results).
+
+    Attributes:
+        model: ``"gpt"``, ``"hf:<arch>"`` or ``"module.path:factory"``.
+        model_options: built-in GPT options (ignored for other models).
+        vary: ``"width"`` or ``"depth"``.
+        sizes: the widths (or depths) trained.
+        fixed: the depth (when varying width) or width (when varying depth).
+        params: parameterizations compared.
+        lrs: base learning rates (the LR of the base-size model).
+        base_width / base_depth: the size the base LR refers to.
+        steps: optimizer updates per run; tokens per run = steps * batch_size * seq_len.
+        batch_size / seq_len: sequences per update and their length in bytes.
+        warmup_steps: linear warmup before the linear decay to zero.
+        weight_decay: AdamW (coupled) weight decay, scaled per group by the plan.
+        betas: AdamW betas.
+        seeds: model-init and data-order seeds; each point is averaged over them.
+        eval_batches: held-out batches (of ``batch_size``) for the final evaluation.
+        data: text file trained on (None: Python documentation topics).
+        data_digest: SHA-256 prefix of the text (so resumed results match the data).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = 1
+    model: str = "gpt"
+    model_options: dict[str, Any] = Field(default_factory=lambda: dict(GPT_OPTIONS))
+    vary: Vary = "width"
+    sizes: list[int]
+    fixed: int
+    params: list[str]
+    lrs: list[float]
+    base_width: int
+    base_depth: int
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    seeds: list[int]
+    eval_batches: int = Field(gt=0)
+    data: str | None = None
+    data_digest: str = ""
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens per run."""
+        return self.steps * self.batch_size * self.seq_len
+
+    def run_key(self) -> str:
+        """Digest of what a single run's result depends on, apart from (param, size, lr, seed)."""
+        fields = self.model_dump(exclude={"sizes", "params", "lrs", "seeds", "data"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def width_depth(self, size: int) -> tuple[int, int]:
+        return (size, self.fixed) if self.vary == "width" else (self.fixed, size)
+
+
+class TransferPoint(BaseModel):
+    """One training run: a parameterization, a size, a base LR and a seed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    param: str
+    size: int
+    width: int
+    depth: int
+    lr: float
+    seed: int
+    train_loss: float  # mean over the last 10% of updates
+    eval_loss: float  # held-out; nan when the run diverged
+    diverged: bool
+    seconds: float
+
+
+class Optimum(BaseModel):
+    """Best base LR of one (parameterization, size) curve."""
+
+    model_config = ConfigDict(frozen=True)
+
+    param: str
+    size: int
+    lr: float  # grid argmin of the seed-averaged held-out loss
+    loss: float
+    fitted_log2_lr: float | None  # vertex of a parabola through the argmin and its neighbours
+    at_edge: bool  # the argmin is the smallest or largest LR of the grid
+
+
+class TransferResult(BaseModel):
+    """Settings and finished runs of a transfer sweep, with optima, tables and plots."""
+
+    settings: TransferSettings
+    points: list[TransferPoint]
+    seconds: float = 0.0  # wall time of the call that produced this result (0 if all resumed)
+    resumed: int = 0  # runs re-used from the results file
+
+    # ------------------------------------------------------------------ statistics
+
+    def curves(self) -> dict[str, dict[int, list[tuple[float, float]]]]:
+        """param -> size -> sorted [(lr, seed-mean held-out loss)]; diverged runs count as nan."""
+        acc: dict[tuple[str, int, float], list[float]] = defaultdict(list)
+        for p in self.points:
+            acc[(p.param, p.size, p.lr)].append(p.eval_loss)
+        out: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+        for (param, size, lr), losses in acc.items():
+            out[param][size].append((lr, sum(losses) / len(losses)))
+        for by_size in out.values():
+            for pts in by_size.values():
+                pts.sort()
+        return {k: dict(v) for k, v in out.items()}
+
+    def optima(self) -> list[Optimum]:
+        """The best LR per (parameterization, size), in the order of the settings."""
+        curves = self.curves()
+        out = []
+        for param in self.settings.params:
+            for size in self.settings.sizes:
+                pts = [(lr, loss) for lr, loss in curves.get(param, {}).get(size, []) if math.isfinite(loss)]
+                if not pts:
+                    continue
+                i = min(range(len(pts)), key=lambda j: pts[j][1])
+                fitted = None
+                if 0 < i < len(pts) - 1:
+                    fitted = _parabola_vertex([(math.log2(lr), loss) for lr, loss in pts[i - 1 : i + 2]])
+                out.append(
+                    Optimum(
+                        param=param,
+                        size=size,
+                        lr=pts[i][0],
+                        loss=pts[i][1],
+                        fitted_log2_lr=fitted,
+                        at_edge=pts[i][0] in (min(self.settings.lrs), max(self.settings.lrs)),
+                    )
+                )
+        return out
+
+    def shift(self, param: str) -> float | None:
+        """How far the best LR moves from the smallest to the largest size, in grid steps (log2)."""
+        opts = {o.size: o for o in self.optima() if o.param == param}
+        if len(opts) < 2:
+            return None
+        lo, hi = opts[min(opts)], opts[max(opts)]
+        return (math.log2(hi.lr) - math.log2(lo.lr)) / self._grid_step()
+
+    def spread(self, param: str) -> float | None:
+        """Range (max - min) of the best LR across all sizes, in grid steps."""
+        opts = [o for o in self.optima() if o.param == param]
+        if len(opts) < 2:
+            return None
+        logs = [math.log2(o.lr) for o in opts]
+        return (max(logs) - min(logs)) / self._grid_step()
+
+    def _grid_step(self) -> float:
+        logs = sorted(math.log2(lr) for lr in self.settings.lrs)
+        steps = [b - a for a, b in zip(logs, logs[1:], strict=False) if b > a]
+        return min(steps) if steps else 1.0
+
+    # ------------------------------------------------------------------ reports
+
+    def table(self) -> str:
+        """Best LR per size and parameterization, and its shift across sizes (markdown)."""
+        s = self.settings
+        opts = {(o.param, o.size): o for o in self.optima()}
+        head = [f"{s.vary} {size}" for size in s.sizes]
+        lines = [
+            "| parameterization | " + " | ".join(head) + " | shift (grid steps) | spread |",
+            "|---|" + "---|" * len(head) + "---|---|",
+        ]
+        for param in s.params:
+            cells = []
+            for size in s.sizes:
+                o = opts.get((param, size))
+                if o is None:
+                    cells.append("–")
+                    continue
+                edge = " (edge)" if o.at_edge else ""
+                cells.append(f"2^{math.log2(o.lr):.0f}{edge} ({o.loss:.3f})")
+            sh, sp = self.shift(param), self.spread(param)
+            lines.append(
+                f"| {param_label(param)} | "
+                + " | ".join(cells)
+                + f" | {_fmt_steps(sh)} | {_fmt_steps(sp, signed=False)} |"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The optimum table plus one plain sentence per parameterization."""
+        s = self.settings
+        lines = [
+            f"Optimal base LR (grid argmin of held-out loss, mean of {len(s.seeds)} seed(s)) per {s.vary}; "
+            f"{s.steps} steps x {s.batch_size} x {s.seq_len} bytes = {s.tokens:,} tokens per run, "
+            f"{'depth' if s.vary == 'width' else 'width'} {s.fixed}:",
+            "",
+            self.table(),
+            "",
+        ]
+        for param in s.params:
+            sh, sp = self.shift(param), self.spread(param)
+            if sh is None or sp is None:
+                continue
+            edge = any(o.at_edge for o in self.optima() if o.param == param)
+            note = " (an optimum sits at the edge of the LR grid: widen --lrs)" if edge else ""
+            verb = "stays within one grid step" if sp <= 1 else f"moves by {sp:.0f} grid steps"
+            lines.append(
+                f"{param_label(param)}: the best LR {verb} across {s.vary}s "
+                f"{s.sizes[0]}..{s.sizes[-1]} (smallest -> largest: {_fmt_steps(sh)}){note}."
+            )
+        diverged = sum(p.diverged for p in self.points)
+        if diverged:
+            lines.append(f"{diverged} run(s) diverged (plotted as missing points).")
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | os.PathLike[str]) -> str:
+        """Write one row per run; returns the path."""
+        fields = list(TransferPoint.model_fields)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for p in sorted(self.points, key=lambda p: (p.param, p.size, p.lr, p.seed)):
+                w.writerow(p.model_dump())
+        return os.fspath(path)
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write settings, runs, optima and shifts as JSON; returns the path."""
+        data = json.loads(self.model_dump_json())
+        data["optima"] = [json.loads(o.model_dump_json()) for o in self.optima()]
+        data["shift_grid_steps"] = {p: self.shift(p) for p in self.settings.params}
+        data["spread_grid_steps"] = {p: self.spread(p) for p in self.settings.params}
+        Path(path).write_text(json.dumps(data, indent=1, allow_nan=True) + "\n", encoding="utf-8")
+        return os.fspath(path)
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """Held-out loss vs base LR, one line per size, one panel per parameterization."""
+        from fxparam.coord_plot import _pyplot
+
+        plt = _pyplot()
+        s = self.settings
+        curves = self.curves()
+        opts = {(o.param, o.size): o for o in self.optima()}
+        fig, axes = plt.subplots(
+            1, len(s.params), figsize=(4.3 * len(s.params), 3.6), squeeze=False, sharey=True
+        )
+        cmap = plt.get_cmap("viridis")
+        finite = [p.eval_loss for p in self.points if math.isfinite(p.eval_loss)]
+        for ax, param in zip(axes[0], s.params, strict=True):
+            for i, size in enumerate(s.sizes):
+                pts = curves.get(param, {}).get(size, [])
+                if not pts:
+                    continue
+                color = cmap(i / max(1, len(s.sizes) - 1) * 0.9)
+                xs = [math.log2(lr) for lr, _ in pts]
+                ys = [loss if math.isfinite(loss) else float("nan") for _, loss in pts]
+                ax.plot(xs, ys, marker="o", markersize=3, color=color, label=f"{s.vary} {size}")
+                o = opts.get((param, size))
+                if o is not None:
+                    ax.plot(
+                        [math.log2(o.lr)],
+                        [o.loss],
+                        marker="*",
+                        markersize=11,
+                        color=color,
+                        markeredgecolor="black",
+                        markeredgewidth=0.5,
+                        linestyle="none",
+                    )
+            sh = self.shift(param)
+            ax.set_title(
+                f"{param_label(param)}" + (f": best LR shift {_fmt_steps(sh)}" if sh is not None else ""),
+                fontsize=10,
+            )
+            ax.set_xlabel("log2 base learning rate")
+            ax.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel("held-out loss (nats / byte)")
+        if finite:
+            lo = min(finite)
+            best_per_curve = sorted(o.loss for o in opts.values())
+            top = min(max(finite), (best_per_curve[-1] if best_per_curve else lo) + 1.0)
+            axes[0][0].set_ylim(lo - 0.05 * (top - lo) - 0.01, top)
+        axes[0][-1].legend(fontsize=8, loc="upper right")
+        fig.suptitle(
+            f"LR transfer across {s.vary} ({s.tokens:,} tokens per run; stars: best LR)", fontsize=10
+        )
+        fig.tight_layout()
+        out = os.fspath(path)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def _fmt_steps(x: float | None, *, signed: bool = True) -> str:
+    if x is None:
+        return "–"
+    return f"{x:+.0f}" if signed else f"{x:.0f}"
+
+
+def _parabola_vertex(pts: list[tuple[float, float]]) -> float | None:
+    (x0, y0), (x1, y1), (x2, y2) = pts
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+    if a <= 0:
+        return None
+    return -b / (2 * a)
+
+
+# ---------------------------------------------------------------------- one run
+
+_CORPORA: dict[str | None, Any] = {}
+
+
+def _corpus(path: str | None) -> Any:
+    from fxparam.data import ByteCorpus
+
+    if path not in _CORPORA:
+        _CORPORA[path] = ByteCorpus(path=path)
+    return _CORPORA[path]
+
+
+def train_point(settings: TransferSettings, param: str, size: int, lr: float, seed: int) -> TransferPoint:
+    """Train and evaluate one run of a sweep (what each worker does).
+
+    Example:
+        >>> s = TransferSettings(sizes=[64], fixed=2, params=["mup"], lrs=[1e-3], base_width=64, base_depth=2,
+        ...                      steps=20, batch_size=8, seq_len=32, warmup_steps=2, weight_decay=0.0,
+        ...                      seeds=[0], eval_batches=2)
+        >>> train_point(s, "mup", 64, 1e-3, 0).eval_loss < 5.6
+        True
+    """
+    import fxparam
+    from fxparam.coord import lm_loss
+    from fxparam.schedules import d2z
+    from fxparam.targets import resolve
+
+    start = time.perf_counter()
+    width, depth = settings.width_depth(size)
+    options = dict(settings.model_options) if settings.model == "gpt" else {}
+    if settings.model == "gpt":
+        options.setdefault("seq_len", settings.seq_len)
+    make = resolve(settings.model, **options)
+    corpus = _corpus(settings.data)
+    torch.manual_seed(seed)
+    model = make(width=width, depth=depth)
+    fxparam.transform(model, param, **_base_kwargs(param, settings.base_width, settings.base_depth))
+    model.train()
+    opt = fxparam.optimizer(
+        model, torch.optim.AdamW, lr=lr, weight_decay=settings.weight_decay, betas=settings.betas
+    )
+    sched = d2z(opt, total_steps=settings.steps, warmup_steps=settings.warmup_steps)
+    gen = torch.Generator().manual_seed(10_000 + seed)  # same batches for every size, LR and param
+    tail = max(1, settings.steps // 10)
+    recent: list[float] = []
+    diverged = False
+    for step in range(settings.steps):
+        batch = corpus.batch(settings.batch_size, settings.seq_len, generator=gen)
+        loss = lm_loss(model, batch)
+        value = loss.item()
+        if not math.isfinite(value) or value > 3 * math.log(256):
+            diverged = True
+            break
+        if step >= settings.steps - tail:
+            recent.append(value)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    eval_loss = float("nan")
+    if not diverged:
+        model.eval()
+        egen = torch.Generator().manual_seed(777)
+        total = 0.0
+        with torch.no_grad():
+            for _ in range(settings.eval_batches):
+                total += float(
+                    lm_loss(
+                        model,
+                        corpus.batch(settings.batch_size, settings.seq_len, split="eval", generator=egen),
+                    )
+                )
+        eval_loss = total / settings.eval_batches
+        if not math.isfinite(eval_loss):
+            diverged, eval_loss = True, float("nan")
+    return TransferPoint(
+        key=settings.run_key(),
+        param=param,
+        size=size,
+        width=width,
+        depth=depth,
+        lr=lr,
+        seed=seed,
+        train_loss=sum(recent) / len(recent) if recent else float("nan"),
+        eval_loss=eval_loss,
+        diverged=diverged,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _train_task(task: tuple[TransferSettings, str, int, float, int]) -> TransferPoint:
+    return train_point(*task)
+
+
+# ---------------------------------------------------------------------- parallel map
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def parallel_map(
+    fn: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    *,
+    jobs: int = 1,
+    threads: int = 1,
+    on_result: Callable[[Any, Any], None],
+) -> None:
+    """Run ``fn`` over ``tasks`` in ``jobs`` processes of ``threads`` torch threads each.
+
+    Results arrive in completion order through ``on_result(task, result)``.  ``jobs=1``
+    runs in this process (no pickling, easy debugging).  Small models train faster as
+    several single-threaded processes than as one multi-threaded one, and a multi-threaded
+    torch on a busy machine can be many times slower still.
+
+    Example:
+        >>> parallel_map(abs, [-1, -2], on_result=lambda t, r: print(t, r))
+        -1 1
+        -2 2
+    """
+    if jobs <= 1 or len(tasks) <= 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for task in tasks:
+                on_result(task, fn(task))
+        finally:
+            torch.set_num_threads(previous)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn, not fork: a forked child of a process that already ran OpenMP threads can hang.
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(tasks)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        pending = {pool.submit(fn, t): t for t in tasks}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    task = pending.pop(fut)
+                    on_result(task, fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def default_jobs() -> int:
+    """Worker processes to use: one per CPU core (at most 16)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, n))
+
+
+# ---------------------------------------------------------------------- the sweep
+
+
+def _digest(path: str | None) -> str:
+    from fxparam.data import load_text
+
+    return hashlib.sha256(load_text(path).encode("utf-8")).hexdigest()[:16]
+
+
+def load_points(path: str | os.PathLike[str]) -> list[TransferPoint]:
+    """Runs recorded in a JSON-lines results file (unreadable lines are skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(TransferPoint.model_validate_json(line))
+        except ValueError:
+            continue  # a line cut short by an interrupted run
+    return out
+
+
+def transfer(
+    *,
+    model: str = "gpt",
+    model_options: dict[str, Any] | None = None,
+    vary: Vary = "width",
+    sizes: Iterable[int] = (64, 128, 256, 512),
+    fixed: int | None = None,
+    params: Iterable[str] | None = None,
+    lrs: Iterable[float] | None = None,
+    steps: int = 300,
+    batch_size: int = 16,
+    seq_len: int = 64,
+    warmup_steps: int | None = None,
+    weight_decay: float = 0.0,
+    seeds: Iterable[int] = (0,),
+    eval_batches: int = 16,
+    base_width: int | None = None,
+    base_depth: int | None = None,
+    data: str | os.PathLike[str] | None = None,
+    results: str | os.PathLike[str] | None = None,
+    jobs: int = 1,
+    threads: int = 1,
+    progress: Callable[[TransferPoint], None] | None = None,
+) -> TransferResult:
+    """Train every (parameterization, size, LR, seed) and collect held-out losses.
+
+    Args:
+        model: ``"gpt"`` (built-in), ``"hf:<arch>"`` or ``"module.path:factory"`` taking
+            ``width=`` and ``depth=``; it must map byte tokens ``[B, T]`` to logits.
+        model_options: built-in GPT options (default ``GPT_OPTIONS``: head dim 16).
+        vary: ``"width"`` or ``"depth"``.
+        sizes: widths (or depths) to train.
+        fixed: the depth when varying width (default 2), the width when varying depth
+            (default 128).
+        params: parameterizations (default ``DEFAULT_PARAMS[vary]``).
+        lrs: base learning rates (default ``lr_grid(-12, -5)``).
+        steps: updates per run (tokens per run = steps * batch_size * seq_len).
+        warmup_steps: default 10% of ``steps``.
+        weight_decay: AdamW coupled weight decay (scaled per group by the plan).
+        seeds: seeds per point (losses are averaged over them).
+        base_width: width of the base model (default: the smallest width when varying
+            width, ``fixed`` when varying depth).
+        base_depth: depth of the base model (default: the smallest depth when varying
+            depth, ``fixed`` when varying width).
+        data: a text file to train on (default: Python's documentation, no download).
+        results: JSON-lines file runs are appended to as they finish; runs already in it
+            with the same settings are not trained again.
+        jobs: worker processes (each trains one run at a time).
+        threads: torch threads per worker.
+        progress: called with each finished (or resumed) run.
+
+    Returns:
+        A :class:`TransferResult` holding every run of this sweep.
+
+    Example:
+        >>> res = transfer(sizes=[64, 128], lrs=lr_grid(-9, -6), steps=40, results="runs.jsonl")
+        >>> res.shift("mup")
+        0.0
+    """
+    sizes = sorted(set(sizes))
+    if not sizes or any(s <= 0 for s in sizes):
+        raise ConfigError(f"transfer: sizes must be positive integers, got {sizes}")
+    if vary not in ("width", "depth"):
+        raise ConfigError(f"transfer: vary must be 'width' or 'depth', got {vary!r}")
+    params = list(params) if params is not None else list(DEFAULT_PARAMS[vary])
+    if not params:
+        raise ConfigError("transfer: no parameterization given")
+    from fxparam.configs import resolve_config
+
+    for p in params:
+        resolve_config(p, **_base_kwargs(p, 64, 2))  # unknown names fail here, before any training
+    lrs = sorted(set(lrs)) if lrs is not None else lr_grid(-12, -5)
+    if not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+        raise ConfigError(f"transfer: learning rates must be positive, got {lrs}")
+    seeds = sorted(set(seeds))
+    if not seeds:
+        raise ConfigError("transfer: need at least one seed")
+    if steps <= 0 or batch_size <= 0 or seq_len <= 0 or eval_batches <= 0:
+        raise ConfigError("transfer: steps, batch_size, seq_len and eval_batches must be positive")
+    if fixed is None:
+        fixed = 2 if vary == "width" else 128
+    if base_width is None:
+        base_width = sizes[0] if vary == "width" else fixed
+    if base_depth is None:
+        base_depth = sizes[0] if vary == "depth" else fixed
+    warmup = max(0, steps // 10) if warmup_steps is None else warmup_steps
+    if warmup >= steps:
+        raise ConfigError(f"transfer: warmup_steps={warmup} must be smaller than steps={steps}")
+    data_path = os.fspath(data) if data is not None else None
+    settings = TransferSettings(
+        model=model,
+        model_options=dict(GPT_OPTIONS if model_options is None else model_options),
+        vary=vary,
+        sizes=sizes,
+        fixed=fixed,
+        params=params,
+        lrs=lrs,
+        base_width=base_width,
+        base_depth=base_depth,
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        warmup_steps=warmup,
+        weight_decay=weight_decay,
+        seeds=seeds,
+        eval_batches=eval_batches,
+        data=data_path,
+        data_digest=_digest(data_path),
+    )
+    key = settings.run_key()
+    wanted = {(p, s, lr, seed) for p in params for s in sizes for lr in lrs for seed in seeds}
+    done: dict[tuple[str, int, float, int], TransferPoint] = {}
+    if results is not None:
+        for pt in load_points(results):
+            ident = (pt.param, pt.size, pt.lr, pt.seed)
+            if pt.key == key and ident in wanted:
+                done[ident] = pt
+    resumed = len(done)
+    if progress is not None:
+        for pt in done.values():
+            progress(pt)
+    todo = [(settings, p, s, lr, seed) for (p, s, lr, seed) in wanted if (p, s, lr, seed) not in done]
+    # biggest runs first, so the pool does not end waiting on one large model
+    todo.sort(key=lambda t: (-_cost(settings, t[2]), t[1], t[3], t[4]))
+    start = time.perf_counter()
+    sink = open(results, "a", encoding="utf-8") if results is not None else None  # noqa: SIM115
+    try:
+
+        def collect(task: Any, point: TransferPoint) -> None:
+            done[(point.param, point.size, point.lr, point.seed)] = point
+            if sink is not None:
+                sink.write(point.model_dump_json() + "\n")
+                sink.flush()
+            if progress is not None:
+                progress(point)
+
+        parallel_map(_train_task, todo, jobs=jobs, threads=threads, on_result=collect)
+    finally:
+        if sink is not None:
+            sink.close()
+    points = sorted(done.values(), key=lambda p: (params.index(p.param), p.size, p.lr, p.seed))
+    return TransferResult(
+        settings=settings, points=points, seconds=time.perf_counter() - start, resumed=resumed
+    )
+
+
+def _base_kwargs(param: str, base_width: int, base_depth: int) -> dict[str, int]:
+    names = [n.strip().lower() for n in param.split("+")]
+    kwargs = {}
+    if any(n in ("mup", "completep") for n in names):
+        kwargs["base_width"] = base_width
+    if any(n in ("completep", "depthscaled") for n in names):
+        kwargs["base_depth"] = base_depth
+    return kwargs
+
+
+def _cost(settings: TransferSettings, size: int) -> float:
+    width, depth = settings.width_depth(size)
+    return width * width * max(depth, 1)
+
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "GPT_OPTIONS",
+    "Optimum",
+    "TransferPoint",
+    "TransferResult",
+    "TransferSettings",
+    "default_jobs",
+    "lr_grid",
+    "load_points",
+    "param_label",
+    "parallel_map",
+    "train_point",
+    "transfer",
+]

@@ -1,0 +1,37 @@
+"""Models for the CLI tests: a built-in GPT, and one whose activations grow with width by design."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from fxparam.models import GPT, GPTConfig
+
+
+class ScaledEmbedding(nn.Embedding):
+    """An embedding whose output is multiplied by a constant (no parameter, so no plan can fix it)."""
+
+    def __init__(self, num: int, dim: int, factor: float) -> None:
+        super().__init__(num, dim)
+        self.factor = factor
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(idx) * self.factor
+
+
+def make(width: int = 64, depth: int = 2) -> nn.Module:
+    """A small GPT (head dim 16, 32 positions)."""
+    return GPT(GPTConfig(width=width, depth=depth, head_dim=16, seq_len=32))
+
+
+def make_broken(width: int = 64, depth: int = 2) -> nn.Module:
+    """A GPT whose token embedding is multiplied by sqrt(width): the residual stream grows with width."""
+    model = make(width, depth)
+    model.wte = ScaledEmbedding(model.config.vocab, width, width**0.5)
+    nn.init.normal_(model.wte.weight, std=0.02)
+    return model
+
+
+def make_width_only(width: int = 64) -> nn.Module:
+    """A factory without a depth argument (no depth sweep possible)."""
+    return make(width, 2)

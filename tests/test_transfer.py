@@ -1,0 +1,153 @@
+"""fxparam.transfer: optimum bookkeeping on synthetic curves, and a tiny resumable sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from fxparam.errors import ConfigError
+from fxparam.transfer import TransferPoint, TransferResult, TransferSettings, load_points, lr_grid, transfer
+
+LRS = lr_grid(-10, -5)
+
+
+def _settings(**kw) -> TransferSettings:
+    base = dict(
+        sizes=[64, 128, 256],
+        fixed=2,
+        params=["sp", "mup"],
+        lrs=LRS,
+        base_width=64,
+        base_depth=2,
+        steps=10,
+        batch_size=4,
+        seq_len=16,
+        warmup_steps=1,
+        weight_decay=0.0,
+        seeds=[0],
+        eval_batches=1,
+    )
+    return TransferSettings(**{**base, **kw})
+
+
+def _synthetic(best: dict[tuple[str, int], int]) -> TransferResult:
+    """Parabolic loss curves in log2(lr) with the minimum at 2^best[(param, size)]."""
+    s = _settings()
+    points = []
+    for (param, size), k in best.items():
+        for lr in s.lrs:
+            loss = 2.0 + 0.1 * (math.log2(lr) - k) ** 2 - 0.01 * math.log2(size)
+            points.append(
+                TransferPoint(
+                    key=s.run_key(),
+                    param=param,
+                    size=size,
+                    width=size,
+                    depth=2,
+                    lr=lr,
+                    seed=0,
+                    train_loss=loss,
+                    eval_loss=loss,
+                    diverged=False,
+                    seconds=0.0,
+                )
+            )
+    return TransferResult(settings=s, points=points)
+
+
+def test_lr_grid():
+    assert lr_grid(-3, -1) == [0.125, 0.25, 0.5]
+    with pytest.raises(ConfigError):
+        lr_grid(-1, -3)
+
+
+def test_optimum_shift_and_spread():
+    res = _synthetic(
+        {
+            ("sp", 64): -7,
+            ("sp", 128): -8,
+            ("sp", 256): -9,
+            ("mup", 64): -7,
+            ("mup", 128): -7,
+            ("mup", 256): -6,
+        }
+    )
+    assert res.shift("sp") == -2 and res.spread("sp") == 2
+    assert res.shift("mup") == 1 and res.spread("mup") == 1
+    opt = {(o.param, o.size): o for o in res.optima()}
+    assert opt[("sp", 256)].lr == 2.0**-9 and not opt[("sp", 256)].at_edge
+    assert opt[("mup", 128)].fitted_log2_lr == pytest.approx(-7.0)
+    table = res.table()
+    assert "| SP | 2^-7 (" in table and "| μP |" in table and "| -2 | 2 |" in table
+    summary = res.summary()
+    assert "SP: the best LR moves by 2 grid steps" in summary
+    assert "μP: the best LR stays within one grid step" in summary
+
+
+def test_optimum_at_grid_edge_is_flagged():
+    res = _synthetic({("sp", 64): -5, ("sp", 128): -5, ("mup", 64): -8, ("mup", 128): -8})
+    assert all(o.at_edge for o in res.optima() if o.param == "sp")
+    assert "edge of the LR grid" in res.summary()
+
+
+def test_diverged_runs_are_missing_not_best():
+    res = _synthetic({("sp", 64): -7, ("sp", 128): -7})
+    bad = res.points[0].model_copy(update={"eval_loss": float("nan"), "diverged": True, "lr": 2.0**-7})
+    res = TransferResult(
+        settings=res.settings,
+        points=[p for p in res.points if not (p.size == 64 and p.lr == 2.0**-7)] + [bad],
+    )
+    assert {(o.size, o.lr) for o in res.optima()} == {(64, 2.0**-8), (128, 2.0**-7)} or {
+        (o.size, o.lr) for o in res.optima()
+    } == {(64, 2.0**-6), (128, 2.0**-7)}
+    assert "1 run(s) diverged" in res.summary()
+
+
+def test_tiny_sweep_writes_and_resumes(tmp_path):
+    kw = dict(
+        sizes=[32, 64],
+        params=["sp", "mup"],
+        lrs=[2.0**-8, 2.0**-6],
+        steps=4,
+        batch_size=2,
+        seq_len=16,
+        eval_batches=1,
+        model_options={"head_dim": 16},
+        results=tmp_path / "runs.jsonl",
+    )
+    seen = []
+    first = transfer(**kw, progress=seen.append)
+    assert len(first.points) == 8 and first.resumed == 0 and len(seen) == 8
+    assert all(math.isfinite(p.eval_loss) and 0 < p.eval_loss < 7 for p in first.points)
+    # identical at the base width: muP is SP there
+    at_base = {(p.param, p.lr): p.eval_loss for p in first.points if p.size == 32}
+    assert at_base[("sp", 2.0**-8)] == pytest.approx(at_base[("mup", 2.0**-8)], rel=1e-5)
+    assert len(load_points(tmp_path / "runs.jsonl")) == 8
+
+    again = transfer(**kw)  # everything re-used
+    assert again.resumed == 8 and [p.eval_loss for p in again.points] == [p.eval_loss for p in first.points]
+    more = transfer(**{**kw, "lrs": [2.0**-8, 2.0**-6, 2.0**-4]})  # only the new LR is trained
+    assert more.resumed == 8 and len(more.points) == 12
+    changed = transfer(**{**kw, "steps": 3})  # other settings: nothing matches
+    assert changed.resumed == 0
+
+    more.save(tmp_path / "t.json")
+    more.to_csv(tmp_path / "t.csv")
+    more.plot(tmp_path / "t.png")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert set(data["shift_grid_steps"]) == {"sp", "mup"} and len(data["points"]) == 12
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert len(rows) == 12 and {"param", "size", "lr", "eval_loss"} <= set(rows[0])
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match="unknown parameterization"):
+        transfer(sizes=[32, 64], params=["nope"])
+    with pytest.raises(ConfigError, match="sizes must be positive"):
+        transfer(sizes=[0, 64])
+    with pytest.raises(ConfigError, match="warmup_steps=5 must be smaller"):
+        transfer(sizes=[32, 64], steps=5, warmup_steps=5)
