@@ -17,7 +17,7 @@ How a mask stays exact, and where it lives:
 - **The weights**: masked entries are set to exactly 0 when the masks are applied
   (after re-initialisation) and after every ``load_state_dict`` (a post hook).
 - **The gradients**: a tensor hook on the Parameter replaces each incoming gradient by
-  ``where(mask, grad, 0)`` before it is accumulated into ``.grad``.  Gradient
+  ``grad * mask`` before it is accumulated into ``.grad``.  Gradient
   accumulation, clipping (also the norm it computes), SGD momentum and weight decay,
   and Adam's moments therefore only ever see exact zeros at masked entries, and
   AdamW's decoupled decay keeps 0 at 0: masked weights stay exactly 0 with no extra
@@ -151,8 +151,11 @@ class MaskGrad:
         module = self.module()
         if module is None:
             return None
-        mask = getattr(module, self.buffer)
-        return torch.where(mask, grad, 0)
+        # grad * mask (bool): masked entries become +-0.0, which Adam's moments, momentum and
+        # clipping treat as exact zeros; 2x cheaper than torch.where(mask, grad, 0) on CPU.
+        # (A non-finite gradient at a masked entry needs a non-finite activation, which
+        # already poisons the kept entries of the same row and column.)
+        return grad * getattr(module, self.buffer)
 
 
 class MaskGuard:
@@ -194,12 +197,23 @@ class MaskGuard:
             self._hooked = weakref.ref(param)
 
     @torch.no_grad()
-    def zero(self, module: nn.Module) -> None:
-        """Set the masked entries of the parameter to exactly 0, now."""
+    def zero(self, module: nn.Module, *, fast: bool = False) -> None:
+        """Set the masked entries of the parameter to 0, now.
+
+        Args:
+            module: the owning module.
+            fast: multiply by the mask (about 2x cheaper; leaves -0.0 for negative values
+                and keeps a non-finite value non-finite) instead of filling with +0.0.
+                Used by the per-step guard, where masked entries are normally already 0.
+        """
         param = self._current(module)
         if param is None:
             return
-        param.masked_fill_(getattr(module, self.buffer).logical_not(), 0)
+        mask = getattr(module, self.buffer)
+        if fast:
+            param.mul_(mask)
+        else:
+            param.masked_fill_(mask.logical_not(), 0)
         self._stamp = (param.data_ptr(), param._version)
 
     def __call__(self, module: nn.Module, args: Any) -> None:
@@ -210,7 +224,7 @@ class MaskGuard:
             return
         self.hook_gradient(module, param)
         if self._stamp != (param.data_ptr(), param._version):
-            self.zero(module)
+            self.zero(module, fast=True)
 
     def after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
         """``load_state_dict`` post hook: masked entries of the loaded weight back to 0."""
