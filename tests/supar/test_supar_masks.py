@@ -116,3 +116,13 @@ def test_make_mask_rejects_bad_density(density):
 
     with pytest.raises(LoweringError, match=FQN):
         make_mask((4, 4), density, 0, FQN)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (masks must match CPU bit for bit)"
+)
+def test_cuda_masks_equal_cpu_masks():
+    for shape, density in (((257, 129), 0.25), ((1024, 4096), 1 / 16)):
+        cpu = make_mask(shape, density, 3, FQN)
+        cuda = make_mask(shape, density, 3, FQN, device="cuda")
+        assert cuda.device.type == "cuda" and torch.equal(cuda.cpu(), cpu)
