@@ -73,3 +73,39 @@ class PopScale:
         from fxparam.lowering import _sdpa
 
         _sdpa.pop()
+
+
+class ScaledLinear(torch.nn.Linear):
+    """``nn.Linear`` computing ``out_mult * linear(in_mult * x)``, swapped in by class.
+
+    Why not hooks: a hook multiplies the whole activation (an extra pass over B*T*d
+    elements, forward and backward); scaling the weight instead touches d_in*d_out
+    elements, and the result and every gradient are the same.  The cheaper side is
+    chosen per call.  Parameters, ``state_dict`` keys and ``isinstance(m, nn.Linear)``
+    are unchanged; only exact ``nn.Linear`` modules are swapped.
+    """
+
+    fxparam_in: float = 1.0
+    fxparam_out: float = 1.0
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        scale = self.fxparam_in * self.fxparam_out
+        bias = self.bias
+        if bias is not None and self.fxparam_out != 1.0:
+            bias = bias * self.fxparam_out
+        if self.weight.numel() <= input.numel():
+            return torch.nn.functional.linear(input, self.weight * scale, bias)
+        return torch.nn.functional.linear(input * scale, self.weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, fxparam_in={self.fxparam_in:.6g}, fxparam_out={self.fxparam_out:.6g}"
+
+
+def scale_linear(module: torch.nn.Module, *, inp: float = 1.0, out: float = 1.0) -> bool:
+    """Fold multipliers into an exact ``nn.Linear`` by class swap; False if not applicable."""
+    if type(module) not in (torch.nn.Linear, ScaledLinear):
+        return False
+    module.__class__ = ScaledLinear
+    module.fxparam_in = getattr(module, "fxparam_in", 1.0) * float(inp)
+    module.fxparam_out = getattr(module, "fxparam_out", 1.0) * float(out)
+    return True

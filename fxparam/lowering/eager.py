@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from fxparam.errors import AlreadyTransformedError, LoweringError
-from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale
+from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, scale_linear
 from fxparam.passes.width import INPUT
 from fxparam.plan import Plan
 
@@ -139,8 +139,9 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
     for key, factor in plan.multipliers.items():
         if key.startswith(INPUT):
             name = key[len(INPUT):]
-            modules[name].register_forward_pre_hook(InputScale(factor, name))
-        else:
+            if not scale_linear(modules[name], inp=factor):
+                modules[name].register_forward_pre_hook(InputScale(factor, name))
+        elif not scale_linear(modules[key], out=factor):
             modules[key].register_forward_hook(OutputScale(factor, key))
     prepare_weights(model, plan, init=init)
     setattr(model, PLAN_ATTR, plan)
