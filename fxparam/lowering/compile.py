@@ -130,6 +130,12 @@ class PlanBackend:
         plan_pass: the :class:`PlanPass` doing the rewrite (see its ``applied``/``missing()``).
         inner: "inductor", another registered backend name, or a backend callable.
         config_patches: extra Inductor options (``inner="inductor"`` only).
+
+    Example:
+        >>> be = fxparam.backend(fxparam.plan(model, "mup", base_width=32), inner="aot_eager")
+        >>> out = torch.compile(model, backend=be)(idx)
+        >>> be.plan_pass.missing()  # every plan entry found in the captured graph(s)
+        []
     """
 
     def __init__(self, plan: Plan | str, inner: str | Callable[..., Any] = "inductor",

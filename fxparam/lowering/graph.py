@@ -240,6 +240,14 @@ def check_supported(plan: Plan, lowering: str) -> None:
 
     SμPar masks are not graph entries: they live on the Parameters (zeroed entries and a
     gradient hook, see :func:`fxparam.lowering.eager.prepare_weights`).
+
+    Raises:
+        LoweringError: naming the entry and the eager lowering as the fix.
+
+    Example:
+        >>> check_supported(fxparam.plan(model, "completep+gns", base_width=32, base_depth=2), "graph")
+        Traceback (most recent call last):
+        fxparam.errors.LoweringError: the graph lowering does not support GNS norm swaps ...
     """
     fix = (
         "Use the eager lowering: fxparam.transform(model, ...) (then torch.compile(model) if you want it "

@@ -119,3 +119,19 @@ def test_multipliers_fuse_and_plans_never_share_a_cache_entry(base: torch.nn.Mod
     torch.testing.assert_close(out_eager, want_b, **OUT_TOL)
     assert plain > 0
     assert kernels_a == kernels_b == kernels_eager == plain, (plain, kernels_a, kernels_b, kernels_eager)
+
+
+def test_pre_grad_pass_through_inductor_options(base: torch.nn.Module) -> None:
+    """``torch.compile(model, options={"pre_grad_custom_pass": fxparam.compile_pass(plan)})``."""
+    from fxparam.lowering.compile import compile_pass
+
+    model = copy.deepcopy(base).eval()
+    plan = fxparam.plan(model, "completep", **PLAN_KW)
+    idx = torch.randint(0, 256, (2, 16))
+    the_pass = compile_pass(plan)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        want = lower_eager(copy.deepcopy(model), plan, init=False)(idx)
+        got = torch.compile(model, options={"pre_grad_custom_pass": the_pass})(idx)
+    torch.testing.assert_close(got, want, **OUT_TOL)
+    assert the_pass.missing() == []
