@@ -31,7 +31,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -64,8 +64,9 @@ def build(quick: bool) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
     template = fxparam.param_groups(eager, lr=1e-3, weight_decay=0.1)
     models: dict[str, nn.Module] = {"plain": copy.deepcopy(base), "eager": eager}
     if not quick:
-        models["compiled_plain"] = torch.compile(copy.deepcopy(base))
-        models["compiled_eager"] = torch.compile(fxparam.apply_plan(copy.deepcopy(base), plan, init=False))
+        models["compiled_plain"] = cast(nn.Module, torch.compile(copy.deepcopy(base)))
+        models["compiled_eager"] = cast(nn.Module, torch.compile(fxparam.apply_plan(copy.deepcopy(base), plan,
+                                                                                    init=False)))
         models["compiled_backend"] = fx_compile(copy.deepcopy(base), plan, init=False)
     return {name: (m, torch.optim.AdamW(_groups_like(m, template), lr=1e-3)) for name, m in models.items()}
 
@@ -123,7 +124,7 @@ def main() -> None:
         "compiled_backend_over_compiled_plain": med_wall.get("compiled_backend", 0) / med_wall.get("compiled_plain", 1),
     }.items() if v}
 
-    result = {
+    result: dict[str, Any] = {
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
                    f"load average {os.getloadavg()[0]:.1f} at the end",
         "torch": torch.__version__,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -38,6 +38,8 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from fxparam.errors import ConfigError, LoweringError
 from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported
 from fxparam.plan import Plan
+
+__all__ = ["PlanBackend", "PlanPass", "backend", "compile", "compile_pass", "prepare_model"]
 
 _SOURCES = (__file__, __file__.replace("compile.py", "graph.py"))
 
@@ -65,8 +67,14 @@ class PlanPass(CustomGraphPass):
         rewrites: one :class:`~fxparam.lowering.graph.GraphRewrite` per graph rewritten.
 
     Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
         >>> plan = fxparam.plan(model, "mup", base_width=32)
-        >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": fxparam.compile_pass(plan)})
+        >>> the_pass = PlanPass(plan)
+        >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": the_pass})  # compiles at first call
+        >>> len(the_pass.uuid())  # the Inductor cache key: plan fingerprint + fxparam version + this code
+        64
     """
 
     def __init__(self, plan: Plan | str) -> None:
@@ -116,9 +124,12 @@ def compile_pass(plan: Plan | str) -> PlanPass:
         ``fxparam.lowering.compile.prepare_model``.
 
     Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
         >>> plan = fxparam.plan(model, "mup", base_width=32)
-        >>> fxparam.lowering.compile.prepare_model(model, plan)
-        >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": fxparam.compile_pass(plan)})
+        >>> prepare_model(model, plan)
+        >>> compiled = torch.compile(model, options={"pre_grad_custom_pass": compile_pass(plan)})
     """
     return PlanPass(plan)
 
@@ -132,9 +143,12 @@ class PlanBackend:
         config_patches: extra Inductor options (``inner="inductor"`` only).
 
     Example:
-        >>> be = fxparam.backend(fxparam.plan(model, "mup", base_width=32), inner="aot_eager")
-        >>> out = torch.compile(model, backend=be)(idx)
-        >>> be.plan_pass.missing()  # every plan entry found in the captured graph(s)
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
+        >>> be = backend(fxparam.plan(model, "mup", base_width=32), inner="eager")
+        >>> out = torch.compile(model, backend=be)(torch.zeros(2, 8, dtype=torch.long))
+        >>> be.plan_pass.missing()  # every plan entry was found in the captured graph(s)
         []
     """
 
@@ -159,11 +173,11 @@ class PlanBackend:
             patches = dict(self.config_patches)
             others = get_custom_graph_passes(patches.pop("pre_grad_custom_pass", inductor_config.pre_grad_custom_pass))
             patches["pre_grad_custom_pass"] = [self.plan_pass, *(p for p in others if p is not self.plan_pass)]
-            return compile_fx(gm, example_inputs, config_patches=patches)
+            return cast(Callable[..., Any], compile_fx(gm, list(example_inputs), config_patches=patches))
         self.plan_pass(gm.graph)
         gm.recompile()
         inner = torch._dynamo.lookup_backend(self.inner) if isinstance(self.inner, str) else self.inner
-        return inner(gm, example_inputs)
+        return cast(Callable[..., Any], inner(gm, list(example_inputs)))
 
     def __repr__(self) -> str:
         return f"fxparam.backend({self.plan_pass!r}, inner={self.inner!r})"
@@ -186,9 +200,12 @@ def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
         options: Inductor options, as ``torch.compile(options=...)``.
 
     Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
         >>> plan = fxparam.plan(model, "mup", base_width=32)
-        >>> fxparam.lowering.compile.prepare_model(model, plan)
-        >>> compiled = torch.compile(model, backend=fxparam.backend(plan))
+        >>> prepare_model(model, plan)
+        >>> compiled = torch.compile(model, backend=backend(plan))  # Inductor compiles at the first call
     """
     return PlanBackend(plan, inner, options)
 
@@ -201,9 +218,13 @@ def prepare_model(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
     (:func:`compile` does).
 
     Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
         >>> plan = fxparam.plan(model, "mup", base_width=32)
-        >>> fxparam.lowering.compile.prepare_model(model, plan)
-        >>> compiled = torch.compile(model, backend=fxparam.backend(plan))
+        >>> prepare_model(model, plan)
+        >>> float(model.lm_head.weight.detach().std()) < 0.03  # re-drawn with the plan's init std
+        True
     """
     from fxparam.lowering.eager import prepare_weights, unwrap
 
@@ -259,8 +280,11 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
         ``torch.compile(model, backend=fxparam.backend(plan, inner=inner))``.
 
     Example:
+        >>> import fxparam
         >>> from fxparam.models import GPT, GPTConfig
-        >>> compiled = fxparam.compile(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32)
+        >>> compiled = compile(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32, inner="eager")
+        >>> compiled(torch.zeros(2, 8, dtype=torch.long)).shape
+        torch.Size([2, 8, 256])
         >>> opt = fxparam.optimizer(compiled, torch.optim.AdamW, lr=1e-2)
     """
     from fxparam.lowering.eager import PLAN_ATTR, _validate, unwrap
@@ -277,4 +301,4 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
     inner_model.register_forward_pre_hook(_CompiledOnly())
     setattr(inner_model, PLAN_ATTR, the_plan)
     watch(inner_model)
-    return torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph)
+    return cast(nn.Module, torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph))

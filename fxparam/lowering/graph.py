@@ -33,9 +33,10 @@ from __future__ import annotations
 import inspect as _inspect
 import operator
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -46,6 +47,8 @@ from fxparam.capture import _split_inputs, clean_module_path, default_example_in
 from fxparam.errors import CaptureError, LoweringError
 from fxparam.passes.width import INPUT
 from fxparam.plan import Plan
+
+__all__ = ["GraphRewrite", "apply_plan_to_graph", "check_supported", "lower_graph", "multiplier_nodes"]
 
 #: Module names that wrappers put in front of the user's FQNs in a compiled graph.
 _WRAPPERS = ("_orig_mod", "module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
@@ -245,7 +248,10 @@ def check_supported(plan: Plan, lowering: str) -> None:
         LoweringError: naming the entry and the eager lowering as the fix.
 
     Example:
-        >>> check_supported(fxparam.plan(model, "completep+gns", base_width=32, base_depth=2), "graph")
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
+        >>> check_supported(fxparam.plan(model, "completep+gns", base_width=32, base_depth=1), "graph")
         Traceback (most recent call last):
         fxparam.errors.LoweringError: the graph lowering does not support GNS norm swaps ...
     """
@@ -290,11 +296,15 @@ def apply_plan_to_graph(graph: fx.Graph, plan: Plan, *, partial: bool = False) -
             input is not a single tensor.
 
     Example:
-        >>> ep = torch.export.export(model, (idx,), strict=False)
-        >>> gm = ep.module()
-        >>> apply_plan_to_graph(gm.graph, plan).applied  # doctest: +SKIP
-        {'input:lm_head', 'blocks.0.attn', ...}
-        >>> gm.recompile()  # doctest: +SKIP
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
+        >>> plan = fxparam.plan(model, "completep", base_width=32, base_depth=1)
+        >>> gm = torch.export.export(model, (torch.zeros(2, 8, dtype=torch.long),), strict=False).module()
+        >>> rewrite = apply_plan_to_graph(gm.graph, plan)
+        >>> rewrite.outputs["blocks.0.attn.proj"], rewrite.inputs["input:lm_head"]
+        (1, 1)
+        >>> _ = gm.recompile()
     """
     check_supported(plan, "graph" if not partial else "compile")
     out_keys = {k for k in plan.multipliers if not k.startswith(INPUT)}
@@ -444,12 +454,15 @@ def lower_graph(
         CaptureError: the model cannot be exported.
 
     Example:
+        >>> import fxparam
         >>> from fxparam.models import GPT, GPTConfig
         >>> model = GPT(GPTConfig(width=64, depth=2))
         >>> idx = torch.zeros(2, 16, dtype=torch.long)
         >>> gm = fxparam.transform(model, "mup", base_width=32, lowering="graph", example_inputs=idx)
-        >>> [n.name for n in gm.graph.nodes if "fxparam" in n.meta][:1]
-        ['fxparam_mul_ln_f_...']  # doctest: +SKIP
+        >>> [(name, factor) for name, factor in multiplier_nodes(gm)]
+        [('fxparam_mul_layer_norm_4', 0.5)]
+        >>> gm(idx).shape
+        torch.Size([2, 16, 256])
         >>> opt = fxparam.optimizer(gm, torch.optim.AdamW, lr=1e-2)
     """
     from fxparam.lowering.eager import _validate, prepare_weights
@@ -518,7 +531,8 @@ class _Attach:
         from fxparam.optim import watch
 
         handle = gm.register_forward_pre_hook(self.check, with_kwargs=True)
-        gm._forward_pre_hooks.move_to_end(handle.id, last=False)  # before export's own guards
+        hooks = cast("OrderedDict[int, Any]", gm._forward_pre_hooks)  # an OrderedDict in nn.Module
+        hooks.move_to_end(handle.id, last=False)  # before export's own guards
         if self.plan.masks:
             from fxparam.lowering.masks import _guards
 
@@ -531,8 +545,12 @@ def multiplier_nodes(gm: fx.GraphModule) -> Iterable[tuple[str, float]]:
     """``(node name, factor)`` of every multiplier node fxparam inserted (for reading what changed).
 
     Example:
-        >>> dict(multiplier_nodes(gm))  # doctest: +SKIP
-        {'fxparam_mul_ln_f': 0.5, 'fxparam_mul_linear_1': 0.5, ...}
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(width=64, depth=2))
+        >>> gm = fxparam.transform(model, "completep", base_width=32, base_depth=1, lowering="graph")
+        >>> sorted(factor for _name, factor in multiplier_nodes(gm))
+        [0.5, 0.5, 0.5, 0.5, 0.5]
     """
     for n in gm.graph.nodes:
         if "fxparam" in n.meta:
