@@ -22,6 +22,14 @@ graph that AOT autograd has already traced (``primals_*`` / ``tangents_*`` input
 
 A Dynamo backend sees graphs, not the module, so :func:`backend` needs the Plan (built by
 ``fxparam.plan(model, config)``); a config alone is refused with that fix.
+
+Graph breaks: a break in the model's own ``forward`` (between blocks) is fine - each graph
+gets the part of the plan it contains (``PlanPass.applied`` / ``missing()`` tell).  A break
+*inside* a submodule makes Dynamo compile that submodule as a frame of its own, whose names
+are relative to it (and may leave the enclosing forward uncompiled): the pass refuses such a
+graph with a :class:`~fxparam.LoweringError` rather than apply part of the plan.
+:func:`compile` uses ``fullgraph=True``, so a break is reported at the first call.  Models
+that need graph breaks use the eager lowering, whose hooks survive them.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import torch.nn as nn
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from fxparam.errors import ConfigError, LoweringError
-from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported
+from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported, frame_parameter_names
 from fxparam.plan import Plan
 
 __all__ = ["PlanBackend", "PlanPass", "backend", "compile", "compile_pass", "prepare_model"]
@@ -92,9 +100,31 @@ class PlanPass(CustomGraphPass):
                 "inputs): a math-changing rewrite after autograd leaves the gradients wrong. Register it as "
                 "options={'pre_grad_custom_pass': fxparam.compile_pass(plan)}, never as a post-grad or joint pass."
             )
+        self._check_frame(graph)
         rewrite = apply_plan_to_graph(graph, self.plan, partial=True)
         self.rewrites.append(rewrite)
         self.applied |= rewrite.applied
+
+    def _check_frame(self, graph: fx.Graph) -> None:
+        """Refuse a graph of a nested frame: its module names are relative to a submodule.
+
+        After a graph break inside a submodule (or a loop over blocks), Dynamo compiles that
+        submodule's ``forward`` as a frame of its own, whose ``self`` is the submodule: its
+        names (``attn.proj``) no longer say which block they belong to, and the enclosing
+        frame may run uncompiled.  A plan applied there would be silently incomplete.
+        """
+        roots = {k.split(".", 1)[0] for k in self.plan.params}
+        foreign = [n for n in frame_parameter_names(graph, roots) if n not in self.plan.params]
+        if foreign:
+            raise LoweringError(
+                f"fxparam compile lowering: Dynamo handed the backend a graph whose parameters are not the "
+                f"plan's ({foreign[:3]}, relative to a submodule): a graph break inside a submodule made Dynamo "
+                "compile that submodule as its own frame, so fxparam cannot tell which instance it is (and the "
+                "enclosing forward may run uncompiled, without the plan). Find the break with "
+                "torch._dynamo.explain(model)(...) and remove it, compile with fullgraph=True to be told, or use "
+                "the eager lowering (fxparam.transform(model, ...), then torch.compile(model)), whose hooks "
+                "survive graph breaks."
+            )
 
     def uuid(self) -> str:
         """Cache key: hash of the plan's fingerprint, fxparam's version and this rewrite's source."""
@@ -255,7 +285,7 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
     inner: str | Callable[..., Any] = "inductor",
     options: dict[str, Any] | None = None,
     dynamic: bool | None = None,
-    fullgraph: bool = False,
+    fullgraph: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Plan, re-initialise and ``torch.compile`` ``model`` with the plan applied in its graph.
@@ -273,7 +303,10 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
         inner: the backend after the rewrite ("inductor", "aot_eager", ...).
         options: Inductor options.
         dynamic: forwarded to ``torch.compile``.
-        fullgraph: forwarded to ``torch.compile``.
+        fullgraph: forwarded to ``torch.compile``; True by default, so that a graph break
+            is an error at the first call instead of a forward split into frames the plan
+            cannot follow.  With False, a break between blocks (at the top level) is fine; a
+            break inside a submodule is refused by the pass (see :class:`PlanPass`).
         **kwargs: fields of the named config(s) (``base_width=...``).
 
     Returns:

@@ -48,7 +48,14 @@ from fxparam.errors import CaptureError, LoweringError
 from fxparam.passes.width import INPUT
 from fxparam.plan import Plan
 
-__all__ = ["GraphRewrite", "apply_plan_to_graph", "check_supported", "lower_graph", "multiplier_nodes"]
+__all__ = [
+    "GraphRewrite",
+    "apply_plan_to_graph",
+    "check_supported",
+    "frame_parameter_names",
+    "lower_graph",
+    "multiplier_nodes",
+]
 
 #: Module names that wrappers put in front of the user's FQNs in a compiled graph.
 _WRAPPERS = ("_orig_mod", "module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
@@ -118,6 +125,36 @@ def _module_paths(graph: fx.Graph, known: set[str]) -> dict[str, str]:
             while parts and parts[0] in _WRAPPERS and parts[0] not in roots:
                 parts = parts[1:]
             out[path] = ".".join(parts)
+    return out
+
+
+_SOURCE_ATTR = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]")
+
+
+def frame_parameter_names(graph: fx.Graph, roots: set[str]) -> list[str]:
+    """Names of the parameters a Dynamo graph lifted as inputs, relative to the frame's ``self``.
+
+    ``L['self']._modules['attn']._modules['qkv']._parameters['weight']`` -> ``attn.qkv.weight``
+    (wrapper prefixes such as ``module.`` dropped unless ``roots`` has them).  Graphs whose
+    parameters are ``get_attr`` nodes (``torch.export``) give an empty list.
+
+    Example:
+        >>> frame_parameter_names(fx.Graph(), set())
+        []
+    """
+    out: list[str] = []
+    for node in graph.nodes:
+        if node.op != "placeholder" or not _is_state(node):
+            continue
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        name = getattr(source, "name", None)
+        text = name() if callable(name) else name
+        if not isinstance(text, str) or "_parameters" not in text:
+            continue
+        parts = _SOURCE_ATTR.sub(r".\1", _ROOT.sub("", text)).strip(".").split(".")
+        while parts and parts[0] in _WRAPPERS and parts[0] not in roots:
+            parts = parts[1:]
+        out.append(".".join(parts))
     return out
 
 

@@ -27,11 +27,6 @@ from fxparam.lowering.eager import lower_eager
 TOL = {"atol": 1e-6, "rtol": 1e-5}  # float32; Dynamo's eager backend runs the same ops
 
 
-@pytest.fixture(autouse=True)
-def _reset_dynamo() -> None:
-    torch._dynamo.reset()
-
-
 @pytest.fixture(scope="module")
 def gpt() -> tuple[nn.Module, fxparam.Plan]:
     torch.manual_seed(0)
@@ -163,6 +158,31 @@ def test_wrapped_models_and_graph_breaks(gpt: tuple[nn.Module, fxparam.Plan], wr
     torch.testing.assert_close(out, want, **TOL)
     assert be.plan_pass.missing() == []
     assert len(be.plan_pass.rewrites) == (2 if wrapper is _Breaking else 1)
+
+
+class _BreakInside(nn.Module):
+    """Dropout replacement with a graph break: the break is inside each block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return x
+
+
+def test_a_graph_break_inside_a_block_is_refused_not_half_applied(gpt: tuple[nn.Module, fxparam.Plan]) -> None:
+    """Dynamo compiles each block as its own frame (and may run GPT.forward uncompiled): refuse, don't guess."""
+    base, plan = gpt
+    model = copy.deepcopy(base)
+    for block in model.blocks:
+        block.drop = _BreakInside()
+    idx = torch.randint(0, 256, (2, 16))
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match="graph break inside a submodule"):
+        torch.compile(model, backend=backend(plan, inner="eager"))(idx)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported):  # fxparam.compile: fullgraph=True by default
+        fx_compile(copy.deepcopy(model), plan, init=False, inner="eager")(idx)
+    eager = lower_eager(copy.deepcopy(model), plan, init=False)  # the fix the error names
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(eager, backend="eager")(idx), eager(idx), **TOL)
 
 
 # ----------------------------------------------------------------- eager models under Dynamo
