@@ -6,9 +6,10 @@ Three entry points, one rewrite (:func:`fxparam.lowering.graph.apply_plan_to_gra
   ``pre_grad_custom_pass`` option: ``torch.compile(model, options={"pre_grad_custom_pass":
   fxparam.compile_pass(plan)})``.  Its ``uuid()`` hashes the plan's fingerprint,
   fxparam's version and the source of the rewrite, so Inductor's FX-graph and AOTAutograd
-  caches never hand one plan's compiled artifact to another (in torch >= 2.10 pre-grad
-  passes run *after* the cache lookup, so the uuid is the only thing that tells two plans
-  apart).
+  caches never hand one plan's compiled artifact to another (in torch 2.13 a pre-grad pass
+  with a uuid runs *after* the AOTAutograd cache lookup, so the uuid is the only thing that
+  tells two plans apart; ``tests/lowering/test_lowering_inductor.py`` shows a plan-blind key
+  reusing the wrong artifact).
 - :func:`backend` -> a Dynamo backend: ``torch.compile(model, backend=fxparam.backend(plan))``.
   With ``inner="inductor"`` it calls ``compile_fx`` with the pass above; with any other
   inner backend (``"aot_eager"``...) it rewrites the graph itself and hands it on.
@@ -36,12 +37,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from fxparam.errors import ConfigError, LoweringError
 from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported, frame_parameter_names
@@ -49,7 +50,7 @@ from fxparam.plan import Plan
 
 __all__ = ["PlanBackend", "PlanPass", "backend", "compile", "compile_pass", "prepare_model"]
 
-_SOURCES = (__file__, __file__.replace("compile.py", "graph.py"))
+_SOURCES = (__file__, str(Path(__file__).with_name("graph.py")))  # the rewrite's code is part of the key
 
 
 def _as_plan(plan: Plan | str | bytes, where: str) -> Plan:
@@ -65,7 +66,19 @@ def _as_plan(plan: Plan | str | bytes, where: str) -> Plan:
     )
 
 
-class PlanPass(CustomGraphPass):
+def _register_with_inductor() -> None:
+    """Make :class:`PlanPass` an Inductor ``CustomGraphPass`` (a virtual subclass).
+
+    Registered at the first ``PlanPass`` rather than subclassed at import, so that importing
+    fxparam does not import Inductor and Dynamo (about a second) for users who never compile.
+    """
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    if not issubclass(PlanPass, CustomGraphPass):
+        CustomGraphPass.register(PlanPass)
+
+
+class PlanPass:
     """Inductor pre-grad pass applying a plan's forward changes to Dynamo's torch-IR graph.
 
     Attributes:
@@ -86,6 +99,7 @@ class PlanPass(CustomGraphPass):
     """
 
     def __init__(self, plan: Plan | str) -> None:
+        _register_with_inductor()
         self.plan = _as_plan(plan, "fxparam.compile_pass")
         check_supported(self.plan, "compile")
         self.applied: set[str] = set()
@@ -128,6 +142,8 @@ class PlanPass(CustomGraphPass):
 
     def uuid(self) -> str:
         """Cache key: hash of the plan's fingerprint, fxparam's version and this rewrite's source."""
+        from torch._inductor.custom_graph_pass import get_hash_for_files
+
         from fxparam import __version__
 
         text = f"fxparam {__version__} plan {self.plan.fingerprint()} code {get_hash_for_files(_SOURCES)!r}"
@@ -228,6 +244,11 @@ def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
             is the cache key), or any other Dynamo backend name or callable
             (``"aot_eager"`` is handy in tests).
         options: Inductor options, as ``torch.compile(options=...)``.
+
+    A frame Dynamo does not compile (its recompile limit, a skipped frame) runs without the
+    plan and without this backend seeing it: check ``backend.plan_pass.missing()`` after
+    the first step, or use :func:`compile`, whose guard raises when the model runs
+    uncompiled.
 
     Example:
         >>> import fxparam
