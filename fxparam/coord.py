@@ -371,7 +371,7 @@ def coord_check(
             if depth_list[0] is not None:
                 kwargs["base_depth"] = depth_list[0]
             else:  # no depth sweep: the model's own depth is the base (m_L = 1)
-                kwargs["base_depth"] = fxparam.inspect(make_model(width=widths[0])).depth or 1
+                kwargs["base_depth"] = _inspect(make_model(width=widths[0]), data).depth or 1
     cfg = resolve_config(config, **kwargs) if config is not None else None
 
     records: list[Record] = []
@@ -387,6 +387,19 @@ def coord_check(
                       steps=steps, lr=lr, records=records)
 
 
+def _inspect(model: nn.Module, data: Any) -> fxparam.Analysis:
+    """``fxparam.inspect``; for a model fxparam cannot make inputs for, a slice of the check's batch."""
+    from fxparam.errors import CaptureError
+
+    try:
+        return fxparam.inspect(model)
+    except CaptureError as exc:
+        inputs = data[0] if isinstance(data, (tuple, list)) and data else None
+        if not isinstance(inputs, torch.Tensor) or "example inputs" not in str(exc):
+            raise
+        return fxparam.inspect(model, (inputs[:2],))
+
+
 def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn, plan_optimizer,
              cache, edit_plan=None) -> list[Record]:
     from fxparam.passes import build_plan
@@ -395,7 +408,7 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     model = make_model(width=width) if depth is None else make_model(width=width, depth=depth)
     model.train()
     if "analysis" not in cache:
-        cache["analysis"] = fxparam.inspect(model)
+        cache["analysis"] = _inspect(model, data)
         cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
         if edit_plan is not None and cache["plan"] is not None:
             cache["plan"] = edit_plan(cache["plan"])

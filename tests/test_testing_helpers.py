@@ -44,3 +44,11 @@ def test_argument_errors():
         assert_depth_invariant(make, "completep", depths=[2, 4], width=64, steps=1)
     with pytest.raises(ConfigError, match="needs width"):
         assert_not_invariant(make, "mup", axis="depth")
+
+
+def test_model_without_example_inputs_is_inspected_with_the_batch():
+    from fxparam import coord_check
+    from tests.cli.broken_model import make_plain
+
+    cc = coord_check(make_plain, widths=[32, 64], config="mup", steps=0, seeds=[0])
+    assert {r.key for r in cc.records} >= {"embedding:inner.wte#0", "residual:final"}

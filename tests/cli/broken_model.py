@@ -35,3 +35,19 @@ def make_broken(width: int = 64, depth: int = 2) -> nn.Module:
 def make_width_only(width: int = 64) -> nn.Module:
     """A factory without a depth argument (no depth sweep possible)."""
     return make(width, 2)
+
+
+class Plain(nn.Module):
+    """A wrapper with no ``example_inputs()`` and no ``config.vocab_size``, like most user models."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.inner(idx)
+
+
+def make_plain(width: int = 64, depth: int = 2) -> nn.Module:
+    """The small GPT behind a wrapper fxparam cannot make example inputs for."""
+    return Plain(make(width, depth))
