@@ -81,7 +81,8 @@ class ScaledLinear(torch.nn.Linear):
     Why not hooks: a hook multiplies the whole activation (an extra pass over B*T*d
     elements, forward and backward); scaling the weight instead touches d_in*d_out
     elements, and the result and every gradient are the same.  The cheaper side is
-    chosen per call.  Parameters, ``state_dict`` keys and ``isinstance(m, nn.Linear)``
+    chosen per call.  Under ``torch.compile`` the activations are scaled instead, so that
+    Inductor fuses the multipliers (no kernels beyond the plain model's).  Parameters, ``state_dict`` keys and ``isinstance(m, nn.Linear)``
     are unchanged; only exact ``nn.Linear`` modules are swapped.
     """
 
@@ -89,6 +90,13 @@ class ScaledLinear(torch.nn.Linear):
     fxparam_out: float = 1.0
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # Compiled, scale the activations as the hooks did: Inductor fuses those multiplies
+            # into the neighbouring pointwise kernels, whereas a scaled weight is a kernel of its
+            # own (the matmul is an extern call) - forward and backward.
+            x = input * self.fxparam_in if self.fxparam_in != 1.0 else input
+            out = torch.nn.functional.linear(x, self.weight, self.bias)
+            return out * self.fxparam_out if self.fxparam_out != 1.0 else out
         scale = self.fxparam_in * self.fxparam_out
         bias = self.bias
         if bias is not None and self.fxparam_out != 1.0:

@@ -84,9 +84,10 @@ def _kernels(model: torch.nn.Module, be: object, idx: torch.Tensor, *, cache: bo
 def test_multipliers_fuse_and_plans_never_share_a_cache_entry(base: torch.nn.Module) -> None:
     """Forward (inference) compiles of one model under two plans.
 
-    - plain vs plan A (pre-grad pass) vs eager-transformed B (hooks traced): the same number
-      of Inductor kernels, each counted from a fresh codegen (caches off) - the multipliers
-      fuse into neighbouring pointwise kernels, the attention scale is an SDPA argument;
+    - plain vs plan A (pre-grad pass) vs eager-transformed A and B (the eager lowering traced:
+      hooks, ``ScaledLinear``): the same number of Inductor kernels, each counted from a fresh
+      codegen (caches off) - the multipliers fuse into neighbouring pointwise kernels, the
+      attention scale is an SDPA argument;
     - with a plan-blind cache key, plan B silently reuses plan A's compiled artifact (the
       negative control); with PlanPass's key it does not.
     """
@@ -95,7 +96,8 @@ def test_multipliers_fuse_and_plans_never_share_a_cache_entry(base: torch.nn.Mod
     plan_b = fxparam.plan(model, "mup", **{**MUP, "base_width": 8})
     idx = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
-        want_a = lower_eager(copy.deepcopy(model), plan_a, init=False)(idx)
+        eager_a = lower_eager(copy.deepcopy(model), plan_a, init=False)
+        want_a = eager_a(idx)
         eager_b = lower_eager(copy.deepcopy(model), plan_b, init=False)
         want_b = eager_b(idx)
     assert not torch.allclose(want_a, want_b, atol=1e-3)
@@ -103,10 +105,12 @@ def test_multipliers_fuse_and_plans_never_share_a_cache_entry(base: torch.nn.Mod
     _, plain = _kernels(model, "inductor", idx, cache=False)  # fresh codegen: counts from this process only
     out_a, kernels_a = _kernels(model, backend(plan_a), idx, cache=False)
     torch.testing.assert_close(out_a, want_a, **OUT_TOL)
-    out_eager, kernels_eager = _kernels(eager_b, "inductor", idx, cache=False)
-    torch.testing.assert_close(out_eager, want_b, **OUT_TOL)
+    out_eager, kernels_eager = _kernels(eager_a, "inductor", idx, cache=False)  # residual and readout
+    torch.testing.assert_close(out_eager, want_a, **OUT_TOL)
+    out_eager_b, kernels_eager_b = _kernels(eager_b, "inductor", idx, cache=False)  # readout only
+    torch.testing.assert_close(out_eager_b, want_b, **OUT_TOL)
     assert plain > 0
-    assert kernels_a == kernels_eager == plain, (plain, kernels_a, kernels_eager)
+    assert kernels_a == kernels_eager == kernels_eager_b == plain, (plain, kernels_a, kernels_eager, kernels_eager_b)
 
     # caches on: a plan-blind key hands plan B the artifact compiled for plan A
     blind = backend(plan_a)
