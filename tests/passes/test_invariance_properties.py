@@ -116,7 +116,7 @@ def test_hf_llama_mup_invariant_and_sp_is_not():
     from fxparam.targets import resolve
 
     make = resolve("hf:llama")
-    widths = [64, 128, 256]
+    widths = [32, 64, 128]
     mup = check(make, "mup", widths)
     assert mup.verdict("width").invariant, mup.verdict("width").table
     sp = check(make, "sp", widths)
