@@ -21,6 +21,7 @@ from fxparam.lowering import plan_of
 from fxparam.optim import optimizer, param_groups
 from fxparam.plan import Plan
 from fxparam.transform import apply_plan, plan, transform
+from fxparam.lowering.compile import backend, compile, compile_pass  # noqa: A004 - fxparam.compile, like torch.compile
 
 from fxparam import gns, recipes, schedules  # noqa: E402  isort: skip  (sub-packages as namespaces)
 
@@ -77,6 +78,9 @@ __all__ = [
     "ResidualSite",
     "__version__",
     "apply_plan",
+    "backend",
+    "compile",
+    "compile_pass",
     "compose",
     "coord_check",
     "gns",
