@@ -142,7 +142,8 @@ class TransferPoint(BaseModel):
     train_loss: float  # mean over the last 10% of updates
     eval_loss: float  # held-out; nan when the run diverged
     diverged: bool
-    seconds: float
+    seconds: float  # wall time of the run
+    cpu_seconds: float = 0.0  # CPU time of the process that trained it (all its threads)
 
 
 class Optimum(BaseModel):
@@ -164,6 +165,7 @@ class TransferResult(BaseModel):
     settings: TransferSettings
     points: list[TransferPoint]
     seconds: float = 0.0  # wall time of the call that produced this result (0 if all resumed)
+    cpu_seconds: float = 0.0  # CPU time of the runs trained by that call, all processes together
     resumed: int = 0  # runs re-used from the results file
 
     # ------------------------------------------------------------------ statistics
@@ -214,6 +216,27 @@ class TransferResult(BaseModel):
         lo, hi = opts[min(opts)], opts[max(opts)]
         return (math.log2(hi.lr) - math.log2(lo.lr)) / self._grid_step()
 
+    def regret(self, param: str) -> dict[int, float]:
+        """Loss lost at each size by using the smallest size's best LR instead of its own.
+
+        This is what transfer is for: tune on the small model, train the big one at that LR.
+        ``inf`` when that LR diverged at a size; sizes without a finite optimum are left out.
+
+        Example:
+            >>> res.regret("mup")  # doctest: +SKIP
+            {32: 0.0, 64: 0.011, 128: 0.0, 256: 0.0}
+        """
+        curves = self.curves().get(param, {})
+        opts = {o.size: o for o in self.optima() if o.param == param}
+        if not opts:
+            return {}
+        base_lr = opts[min(opts)].lr
+        out = {}
+        for size, o in sorted(opts.items()):
+            at_base = dict(curves.get(size, [])).get(base_lr, float("nan"))
+            out[size] = at_base - o.loss if math.isfinite(at_base) else float("inf")
+        return out
+
     def spread(self, param: str) -> float | None:
         """Range (max - min) of the best LR across all sizes, in grid steps."""
         opts = [o for o in self.optima() if o.param == param]
@@ -235,8 +258,10 @@ class TransferResult(BaseModel):
         opts = {(o.param, o.size): o for o in self.optima()}
         head = [f"{s.vary} {size}" for size in s.sizes]
         lines = [
-            "| parameterization | " + " | ".join(head) + " | shift (grid steps) | spread |",
-            "|---|" + "---|" * len(head) + "---|---|",
+            "| parameterization | "
+            + " | ".join(head)
+            + f" | shift (grid steps) | spread | loss lost at {s.vary} {s.sizes[-1]} using the best LR of {s.sizes[0]} |",
+            "|---|" + "---|" * len(head) + "---|---|---|",
         ]
         for param in s.params:
             cells = []
@@ -248,10 +273,11 @@ class TransferResult(BaseModel):
                 edge = " (edge)" if o.at_edge else ""
                 cells.append(f"2^{math.log2(o.lr):.0f}{edge} ({o.loss:.3f})")
             sh, sp = self.shift(param), self.spread(param)
+            lost = self.regret(param).get(s.sizes[-1])
             lines.append(
                 f"| {param_label(param)} | "
                 + " | ".join(cells)
-                + f" | {_fmt_steps(sh)} | {_fmt_steps(sp, signed=False)} |"
+                + f" | {_fmt_steps(sh)} | {_fmt_steps(sp, signed=False)} | {_fmt_loss(lost)} |"
             )
         return "\n".join(lines)
 
@@ -272,11 +298,20 @@ class TransferResult(BaseModel):
                 continue
             edge = any(o.at_edge for o in self.optima() if o.param == param)
             note = " (an optimum sits at the edge of the LR grid: widen --lrs)" if edge else ""
-            verb = "stays within one grid step" if sp <= 1 else f"moves by {sp:.0f} grid steps"
+            verb = "stays within one grid step" if sp <= 1 else f"moves by up to {sp:.0f} grid steps"
+            regret = self.regret(param)
+            base = next(o for o in self.optima() if o.param == param and o.size == min(regret))
+            worst = max(regret.values())
             lines.append(
                 f"{param_label(param)}: the best LR {verb} across {s.vary}s "
-                f"{s.sizes[0]}..{s.sizes[-1]} (smallest -> largest: {_fmt_steps(sh)}){note}."
+                f"{s.sizes[0]}..{s.sizes[-1]} (smallest -> largest: {_fmt_steps(sh)}){note}; training every "
+                f"{s.vary} at the best LR of {s.vary} {base.size} (2^{math.log2(base.lr):.0f}) loses at most "
+                f"{_fmt_loss(worst)} nats/byte."
             )
+        largest = {o.param: o for o in self.optima() if o.size == s.sizes[-1]}
+        if len(largest) > 1:
+            best = ", ".join(f"{param_label(p)} {o.loss:.3f}" for p, o in largest.items())
+            lines.append(f"Best held-out loss at {s.vary} {s.sizes[-1]}: {best}.")
         diverged = sum(p.diverged for p in self.points)
         if diverged:
             lines.append(f"{diverged} run(s) diverged (plotted as missing points).")
@@ -298,6 +333,7 @@ class TransferResult(BaseModel):
         data["optima"] = [json.loads(o.model_dump_json()) for o in self.optima()]
         data["shift_grid_steps"] = {p: self.shift(p) for p in self.settings.params}
         data["spread_grid_steps"] = {p: self.spread(p) for p in self.settings.params}
+        data["regret"] = {p: {str(k): v for k, v in self.regret(p).items()} for p in self.settings.params}
         Path(path).write_text(json.dumps(data, indent=1, allow_nan=True) + "\n", encoding="utf-8")
         return os.fspath(path)
 
@@ -337,7 +373,8 @@ class TransferResult(BaseModel):
                     )
             sh = self.shift(param)
             ax.set_title(
-                f"{param_label(param)}" + (f": best LR shift {_fmt_steps(sh)}" if sh is not None else ""),
+                f"{param_label(param)}"
+                + (f": best-LR shift {_fmt_steps(sh)} grid steps" if sh is not None else ""),
                 fontsize=10,
             )
             ax.set_xlabel("log2 base learning rate")
@@ -363,6 +400,12 @@ def _fmt_steps(x: float | None, *, signed: bool = True) -> str:
     if x is None:
         return "–"
     return f"{x:+.0f}" if signed else f"{x:.0f}"
+
+
+def _fmt_loss(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return "diverged" if math.isinf(x) else f"{x:+.3f}"
 
 
 def _parabola_vertex(pts: list[tuple[float, float]]) -> float | None:
@@ -403,7 +446,7 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
     from fxparam.schedules import d2z
     from fxparam.targets import resolve
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     width, depth = settings.width_depth(size)
     options = dict(settings.model_options) if settings.model == "gpt" else {}
     if settings.model == "gpt":
@@ -463,6 +506,7 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
         eval_loss=eval_loss,
         diverged=diverged,
         seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
     )
 
 
@@ -566,12 +610,12 @@ def transfer(
     model: str = "gpt",
     model_options: dict[str, Any] | None = None,
     vary: Vary = "width",
-    sizes: Iterable[int] = (64, 128, 256, 512),
+    sizes: Iterable[int] = (32, 64, 128, 256),
     fixed: int | None = None,
     params: Iterable[str] | None = None,
     lrs: Iterable[float] | None = None,
-    steps: int = 300,
-    batch_size: int = 16,
+    steps: int = 400,
+    batch_size: int = 8,
     seq_len: int = 64,
     warmup_steps: int | None = None,
     weight_decay: float = 0.0,
@@ -594,9 +638,9 @@ def transfer(
         vary: ``"width"`` or ``"depth"``.
         sizes: widths (or depths) to train.
         fixed: the depth when varying width (default 2), the width when varying depth
-            (default 128).
+            (default 64).
         params: parameterizations (default ``DEFAULT_PARAMS[vary]``).
-        lrs: base learning rates (default ``lr_grid(-12, -5)``).
+        lrs: base learning rates (default ``lr_grid(-12, -6)``).
         steps: updates per run (tokens per run = steps * batch_size * seq_len).
         warmup_steps: default 10% of ``steps``.
         weight_decay: AdamW coupled weight decay (scaled per group by the plan).
@@ -632,7 +676,7 @@ def transfer(
 
     for p in params:
         resolve_config(p, **_base_kwargs(p, 64, 2))  # unknown names fail here, before any training
-    lrs = sorted(set(lrs)) if lrs is not None else lr_grid(-12, -5)
+    lrs = sorted(set(lrs)) if lrs is not None else lr_grid(-12, -6)
     if not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
         raise ConfigError(f"transfer: learning rates must be positive, got {lrs}")
     seeds = sorted(set(seeds))
@@ -641,7 +685,7 @@ def transfer(
     if steps <= 0 or batch_size <= 0 or seq_len <= 0 or eval_batches <= 0:
         raise ConfigError("transfer: steps, batch_size, seq_len and eval_batches must be positive")
     if fixed is None:
-        fixed = 2 if vary == "width" else 128
+        fixed = 2 if vary == "width" else 64
     if base_width is None:
         base_width = sizes[0] if vary == "width" else fixed
     if base_depth is None:
@@ -679,6 +723,7 @@ def transfer(
             if pt.key == key and ident in wanted:
                 done[ident] = pt
     resumed = len(done)
+    reused = set(done)
     if progress is not None:
         for pt in done.values():
             progress(pt)
@@ -702,8 +747,13 @@ def transfer(
         if sink is not None:
             sink.close()
     points = sorted(done.values(), key=lambda p: (params.index(p.param), p.size, p.lr, p.seed))
+    cpu = sum(p.cpu_seconds for ident, p in done.items() if ident not in reused)
     return TransferResult(
-        settings=settings, points=points, seconds=time.perf_counter() - start, resumed=resumed
+        settings=settings,
+        points=points,
+        seconds=time.perf_counter() - start,
+        cpu_seconds=cpu,
+        resumed=resumed,
     )
 
 

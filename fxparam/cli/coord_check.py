@@ -470,10 +470,7 @@ def run(args: argparse.Namespace) -> int:
             p: {axis: [s.model_dump() for s in cc.slopes(axis)] for axis, cc in by.items()}
             for p, by in checks.items()
         },
-        "records": {
-            p: {axis: [r.model_dump() for r in cc.records] for axis, cc in by.items()}
-            for p, by in checks.items()
-        },
+        "records": {p: {axis: _compact(cc.records) for axis, cc in by.items()} for p, by in checks.items()},
     }
     (out / "coord_check.json").write_text(json.dumps(payload, separators=(",", ":")) + "\n", encoding="utf-8")
     written.append(out / "coord_check.json")
@@ -494,6 +491,18 @@ def run(args: argparse.Namespace) -> int:
                 written.append(path)
     print(f"wrote {', '.join(os.fspath(p) for p in written)}")
     return 0 if report["ok"] else 1
+
+
+RECORD_COLUMNS = ["width", "depth", "seed", "step", "key", "kind", "rms", "delta"]
+
+
+def _compact(records: list[Any]) -> dict[str, Any]:
+    """Raw records as a table (5 significant digits): a third of the size of one object per record."""
+    rows = [
+        [r.width, r.depth, r.seed, r.step, r.key, r.kind, float(f"{r.rms:.5g}"), float(f"{r.delta:.5g}")]
+        for r in records
+    ]
+    return {"columns": RECORD_COLUMNS, "rows": rows}
 
 
 def _resolve(spec: str, options: dict[str, Any]) -> Any:
@@ -632,7 +641,7 @@ def _rng(values: list[float]) -> str:
     if not values:
         return "-"
     lo, hi = min(values), max(values)
-    return f"{lo:+.2f}" if abs(hi - lo) < 0.005 else f"{lo:+.2f} .. {hi:+.2f}"
+    return f"{lo:+.2f}" if f"{lo:+.2f}" == f"{hi:+.2f}" else f"{lo:+.2f} .. {hi:+.2f}"
 
 
 def _band(b: tuple[float, float]) -> str:

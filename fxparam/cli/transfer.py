@@ -23,17 +23,18 @@ from fxparam.errors import ConfigError, FxparamError
 
 #: Shipped sweeps: (sizes, lr exponents lo..hi, steps) for each (vary, quick).
 PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
-    ("width", False): {"sizes": [64, 128, 256, 512], "lr_range": (-12, -5), "steps": 150},
-    ("width", True): {"sizes": [64, 128, 256], "lr_range": (-11, -5), "steps": 80},
-    ("depth", False): {"sizes": [2, 4, 8, 16], "lr_range": (-11, -4), "steps": 150},
-    ("depth", True): {"sizes": [2, 4, 8], "lr_range": (-10, -5), "steps": 80},
+    ("width", False): {"sizes": [32, 64, 128, 256], "lr_range": (-12, -6), "steps": 400},
+    ("width", True): {"sizes": [32, 64, 128], "lr_range": (-11, -6), "steps": 200},
+    ("depth", False): {"sizes": [2, 4, 8, 16], "lr_range": (-11, -5), "steps": 400},
+    ("depth", True): {"sizes": [2, 4, 8], "lr_range": (-10, -6), "steps": 200},
 }
 
 _EPILOG = """\
 examples:
-  fxparam transfer                 # widths 64..512, SP vs muP, LRs 2^-12..2^-5 (about 10 min on 2 cores)
-  fxparam transfer --quick         # widths 64..256, fewer LRs and steps (about 2 min)
-  fxparam transfer --vary depth    # depths 2..16 at width 128, muP vs CompleteP
+  fxparam transfer                 # widths 32..256, SP vs muP, LRs 2^-12..2^-6, 400 steps (~8 min on 2 cores)
+  fxparam transfer --quick         # widths 32..128, LRs 2^-11..2^-6, 200 steps (~2 min)
+  fxparam transfer --vary depth    # depths 2..16 at width 64, muP vs CompleteP
+  fxparam transfer --widths 64,128,256,512 --seeds 3   # wider and averaged (much longer)
   fxparam transfer --widths 64,128 --lrs 2^-10..2^-6 --steps 50 --out /tmp/t
 
 Every run: AdamW from fxparam.optimizer (the plan's per-group LRs), warmup then linear decay
@@ -110,13 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         type=lr_list,
         default=None,
         metavar="2^LO..2^HI|LR,LR,...",
-        help="base learning rates: a power-of-2 grid such as 2^-12..2^-5 (the default over width), "
+        help="base learning rates: a power-of-2 grid such as 2^-12..2^-6 (the default over width), "
         "or a list such as 1e-3,3e-3",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=None, help="updates per run (default 150; --quick 80)"
+        "--steps", type=positive_int, default=None, help="updates per run (default 400; --quick 200)"
     )
-    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per update (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per update (default 8)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per point, averaged (default 1)")
     p.add_argument("--eval-batches", type=positive_int, default=16, help="held-out batches (default 16)")
@@ -214,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     seconds = time.perf_counter() - start
     trained = len(res.points) - res.resumed
+    cpu = res.cpu_seconds
     text = res.summary() + (
-        f"\n\n{trained} run(s) trained in {seconds:.0f} s"
+        f"\n\n{trained} run(s) trained in {seconds:.0f} s ({cpu:.0f} CPU-s in {jobs} process(es))"
         + (f", {res.resumed} re-used from {results}" if res.resumed else "")
         + "."
     )

@@ -81,7 +81,8 @@ def test_mup_passes_and_sp_control_fails_as_expected(tmp_path, capsys):
     assert data["verdicts"]["mup"]["width"]["invariant"] is True
     assert data["verdicts"]["sp"]["width"]["invariant"] is False
     assert data["verdicts"]["sp"]["width"]["max_growth"] > 0.6
-    assert {r["width"] for r in data["records"]["mup"]["width"]} == {64, 128}
+    table = data["records"]["mup"]["width"]
+    assert table["columns"][:2] == ["width", "depth"] and {row[0] for row in table["rows"]} == {64, 128}
 
 
 def test_broken_user_model_exits_1(tmp_path, capsys):
