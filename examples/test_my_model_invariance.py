@@ -9,15 +9,20 @@ Run it with ``pytest examples/test_my_model_invariance.py`` (about a minute on 2
 A model fxparam cannot make example inputs for (no ``example_inputs()`` method, no
 ``config.vocab_size``) is inspected with a slice of the check's batch.
 On failure the AssertionError names the activation, the step and the slope, and prints the
-whole slope table, e.g.::
+whole slope table; for a model whose embedding output is multiplied by sqrt(width)::
 
-    'mup' is not width-invariant over widths [64, 128] (2 steps, lr 0.003):
-      embedding:embed#0 after 1 step(s): slope +0.46 of log2 RMS vs log2 width
-      embedding:embed#0 after 0 step(s): slope +0.45 of log2 RMS vs log2 width
+    'mup' is not width-invariant over widths [64, 128, 256] (2 steps, lr 0.003):
+      embedding:wte#0 after 2 step(s): slope +0.51 of log2 RMS vs log2 width
+      embedding:wte#0 after 0 step(s): slope +0.50 of log2 RMS vs log2 width
+      embedding:wte#0 after 1 step(s): slope +0.50 of log2 RMS vs log2 width
+      residual:final after 0 step(s): slope +0.47 of log2 RMS vs log2 width
+      residual:final after 1 step(s): slope +0.41 of log2 RMS vs log2 width
 
     activation   step  slope vs log2 width  band            result
     -----------  ----  -------------------  --------------  ------
-    embedding    0     +0.45 .. +0.45       [-0.15, +0.15]  FAIL
+    ...
+    embedding    0     +0.02 .. +0.50       [-0.15, +0.15]  FAIL
+    embedding    1     +0.02 .. +0.50       [-0.55, +0.40]  FAIL
     ...
 
 The same gate from a shell (exit status 1 when not invariant)::

@@ -62,10 +62,11 @@ def _report(what: str, config: str | AnyConfig | None, cc: CoordCheck, verdict: 
         lines.append(f"  {s.key} after {s.step} step(s): slope {s.slope:+.2f} of log2 RMS vs log2 {axis}")
     if len(verdict.failures) > 8:
         lines.append(f"  ... and {len(verdict.failures) - 8} more")
+    table = "\n".join(line.rstrip() for line in verdict.table.splitlines())
     if not verdict.failures:
-        lines.append(f"  {verdict.table}")
+        lines.append(f"  {table}")
     else:
-        lines += ["", verdict.table]
+        lines += ["", table]
     return "\n".join(lines)
 
 

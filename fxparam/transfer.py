@@ -346,7 +346,7 @@ class TransferResult(BaseModel):
         curves = self.curves()
         opts = {(o.param, o.size): o for o in self.optima()}
         fig, axes = plt.subplots(
-            1, len(s.params), figsize=(4.3 * len(s.params), 3.6), squeeze=False, sharey=True
+            1, len(s.params), figsize=(4.3 * len(s.params), 3.9), squeeze=False, sharey=True
         )
         cmap = plt.get_cmap("viridis")
         finite = [p.eval_loss for p in self.points if math.isfinite(p.eval_loss)]
@@ -385,11 +385,12 @@ class TransferResult(BaseModel):
             best_per_curve = sorted(o.loss for o in opts.values())
             top = min(max(finite), (best_per_curve[-1] if best_per_curve else lo) + 1.0)
             axes[0][0].set_ylim(lo - 0.05 * (top - lo) - 0.01, top)
-        axes[0][-1].legend(fontsize=8, loc="upper right")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
         fig.suptitle(
             f"LR transfer across {s.vary} ({s.tokens:,} tokens per run; stars: best LR)", fontsize=10
         )
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         out = os.fspath(path)
         fig.savefig(out, dpi=110)
         plt.close(fig)

@@ -617,7 +617,7 @@ def judge(
             "Slopes of log2 RMS vs log2 width / depth, range over activation sites "
             "(flat = 0; depth: final residual stream after step >= 2):",
             "",
-            *_table(rows, header),
+            *(line.rstrip() for line in _table(rows, header)),
             "",
             *lines_v,
         ]
