@@ -50,7 +50,9 @@ DEFAULT_LR = 3e-3
 
 
 def _name(config: str | AnyConfig | None) -> str:
-    return config if isinstance(config, str) or config is None else type(config).__name__
+    if config is None:
+        return "None"
+    return config if isinstance(config, str) else type(config).__name__
 
 
 def _report(what: str, config: str | AnyConfig | None, cc: CoordCheck, verdict: Verdict, axis: Axis) -> str:

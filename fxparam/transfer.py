@@ -456,7 +456,8 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
     corpus = _corpus(settings.data)
     torch.manual_seed(seed)
     model = make(width=width, depth=depth)
-    fxparam.transform(model, param, **_base_kwargs(param, settings.base_width, settings.base_depth))
+    base: dict[str, Any] = _base_kwargs(param, settings.base_width, settings.base_depth)
+    fxparam.transform(model, param, **base)
     model.train()
     opt = fxparam.optimizer(
         model, torch.optim.AdamW, lr=lr, weight_decay=settings.weight_decay, betas=settings.betas

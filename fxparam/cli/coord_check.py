@@ -110,6 +110,11 @@ def param_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def set_help(p: argparse.ArgumentParser, option: str, text: str) -> None:
+    """Replace the help of a shared option with this sub-command's default."""
+    p._option_string_actions[option].help = text
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared with ``fxparam transfer``: data, output, seed, progress and parallelism."""
     p.add_argument(
@@ -142,12 +147,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "coord-check",
         help="coordinate check: do activations keep their scale as width and depth grow? (SP vs muP vs CompleteP)",
-        description="Train a model a few Adam steps at several widths and depths under each parameterization, "
-        "fit how activation RMS grows with width and depth, and judge the slopes against calibrated bands.",
+        description="Train a model a few Adam steps at several widths and depths under each\n"
+        "parameterization, fit how activation RMS grows with width and depth, and judge the\n"
+        "slopes against calibrated bands.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p, sweep=True)
+    set_help(p, "--head-dim", "GPT fixed head dim (default 16 here; heads grow with width)")
+    set_help(p, "--seq-len", "GPT sequence length and length of the fixed batch (default 32 here)")
     p.add_argument(
         "--param",
         type=param_list,
@@ -304,7 +312,7 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the coordinate checks, print the summary, write the outputs; exit status."""
-    from fxparam.coord import CONTROL_THRESHOLD, DEPTH_BANDS, WIDTH_BANDS, CoordCheck, Record
+    from fxparam.coord import CONTROL_THRESHOLD, DEPTH_BANDS, WIDTH_BANDS, Axis, CoordCheck, Record
     from fxparam.data import ByteCorpus
     from fxparam.transfer import default_jobs, parallel_map
 
@@ -370,12 +378,12 @@ def run(args: argparse.Namespace) -> int:
     ]
     records: dict[str, list[Record]] = {p: [] for p in args.param}
     jobs = args.jobs or default_jobs()
-    bar = _progress_bar(len(tasks), "coord-check", args.progress)
     print(
         f"coord-check: {args.model}, {len(args.param)} parameterization(s) x {len(tasks) // len(args.param)} "
         f"model sizes x {len(seeds)} seed(s), {args.steps} Adam steps (lr {args.lr:g}) on {jobs} process(es)",
         file=sys.stderr,
     )
+    bar = _progress_bar(len(tasks), "coord-check", args.progress)
 
     def collect(task: dict[str, Any], result: list[Record]) -> None:
         records[task["param"]].extend(result)
@@ -395,14 +403,14 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     seconds = time.perf_counter() - start
 
-    checks: dict[str, dict[str, CoordCheck]] = {}
+    checks: dict[str, dict[Axis, CoordCheck]] = {}
     for p in args.param:
         checks[p] = {}
         if len(widths) >= 2:
             checks[p]["width"] = CoordCheck(
                 config=p,
                 widths=widths,
-                depths=[] if width_depth[p] is None else [width_depth[p]],
+                depths=[d for d in [width_depth[p]] if d is not None],
                 steps=args.steps,
                 lr=args.lr,
                 records=[r for r in records[p] if width_depth[p] is None or r.depth == width_depth[p]],
@@ -519,7 +527,7 @@ def _span(values: list[int]) -> str:
 
 
 def judge(
-    checks: dict[str, dict[str, Any]],
+    checks: dict[str, dict[Any, Any]],
     *,
     width_bands: dict[str, Any],
     depth_bands: dict[str, Any],

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fxparam.cli._gpt_options import add_model_options, gpt_options
-from fxparam.cli.coord_check import add_run_options, int_list, param_list, positive_int
+from fxparam.cli.coord_check import add_run_options, int_list, param_list, positive_int, set_help
 from fxparam.errors import ConfigError, FxparamError
 
 #: Shipped sweeps: (sizes, lr exponents lo..hi, steps) for each (vary, quick).
@@ -83,12 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "transfer",
         help="LR transfer: train several widths (or depths) over an LR grid under SP / muP / CompleteP",
-        description="The classic muP demonstration: held-out loss vs learning rate at several widths (or "
-        "depths); under muP (CompleteP) the best LR should stay put, under SP it moves.",
+        description="The classic muP demonstration: held-out loss vs learning rate at several widths\n"
+        "(or depths); under muP (CompleteP) the best LR should stay put, under SP it moves.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p, sweep=True)
+    set_help(p, "--head-dim", "GPT fixed head dim (default 16 here; heads grow with width)")
+    set_help(p, "--seq-len", "sequence length in bytes (default 64 here)")
     p.add_argument("--vary", choices=["width", "depth"], default="width", help="what grows (default width)")
     p.add_argument("--quick", action="store_true", help="a smaller sweep (about 2 minutes on 2 cores)")
     p.add_argument(
@@ -101,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--widths", type=int_list, default=None, metavar="W1,W2,...", help="widths (--vary width)")
     p.add_argument("--depths", type=int_list, default=None, metavar="D1,D2,...", help="depths (--vary depth)")
     p.add_argument(
-        "--width", type=positive_int, default=None, help="fixed width for --vary depth (default 128)"
+        "--width", type=positive_int, default=None, help="fixed width for --vary depth (default 64)"
     )
     p.add_argument(
         "--depth", type=positive_int, default=None, help="fixed depth for --vary width (default 2)"
