@@ -7,7 +7,11 @@ from typing import Any
 
 
 def add_model_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
-    p.add_argument("--model", default="gpt", help="'gpt' (built-in), 'hf:<arch>' (gpt2, llama, gpt_neox, bert) or 'module.path:factory'")
+    p.add_argument(
+        "--model",
+        default="gpt",
+        help="'gpt' (built-in), 'hf:<arch>' (gpt2, llama, gpt_neox, bert) or 'module.path:factory'",
+    )
     if not sweep:
         p.add_argument("--width", type=int, default=None, help="GPT width (d_model)")
         p.add_argument("--depth", type=int, default=None, help="GPT number of blocks")
@@ -24,5 +28,16 @@ def add_model_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
 
 
 def gpt_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ["heads", "head_dim", "mlp", "norm", "pos", "parallel_residual", "tie_embeddings", "bias", "vocab", "seq_len"]
+    keys = [
+        "heads",
+        "head_dim",
+        "mlp",
+        "norm",
+        "pos",
+        "parallel_residual",
+        "tie_embeddings",
+        "bias",
+        "vocab",
+        "seq_len",
+    ]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}

@@ -9,11 +9,17 @@ from fxparam.cli._gpt_options import add_model_options, gpt_options
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show a model's structure: blocks, residuals, roles, attention, ties")
-    p.add_argument("target", nargs="?", default=None, help="same as --model: gpt | hf:<arch> | module.path:factory")
+    p.add_argument(
+        "target", nargs="?", default=None, help="same as --model: gpt | hf:<arch> | module.path:factory"
+    )
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the Analysis (or Plan) as JSON")
-    p.add_argument("--plan", default=None, metavar="CONFIG",
-                   help="also show the plan of a parameterization, e.g. 'completep' or 'mup+supar'")
+    p.add_argument(
+        "--plan",
+        default=None,
+        metavar="CONFIG",
+        help="also show the plan of a parameterization, e.g. 'completep' or 'mup+supar'",
+    )
     p.add_argument("--base-width", type=int, default=None, help="base width for --plan (muP/CompleteP)")
     p.add_argument("--base-depth", type=int, default=None, help="base depth for --plan (CompleteP)")
     p.add_argument("--density", type=float, default=None, help="mask density for --plan with supar")
@@ -31,8 +37,15 @@ def run(args: argparse.Namespace) -> int:
         analysis = fxparam.inspect(model)
         print(analysis.to_json() if args.json else analysis)
         return 0
-    kwargs = {k: v for k, v in (("base_width", args.base_width), ("base_depth", args.base_depth),
-                                ("density", args.density)) if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (
+            ("base_width", args.base_width),
+            ("base_depth", args.base_depth),
+            ("density", args.density),
+        )
+        if v is not None
+    }
     plan = fxparam.plan(model, args.plan, **kwargs)
     print(plan.to_json() if args.json else plan.summary())
     return 0
