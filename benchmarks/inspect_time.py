@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import fxparam
-from fxparam.hf import hf_model
+from fxparam.models.hf import hf_model
 
 SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                vocab_size=32000, max_position_embeddings=4096)

@@ -15,7 +15,7 @@ from fxparam.errors import (
 )
 
 from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
-from fxparam.coord import CoordCheck, coord_check
+from fxparam.checks.coord import CoordCheck, coord_check
 from fxparam.configs import GNS, SP, CompleteP, Composed, DepthScaled, MuP, SuPar, compose
 from fxparam.lowering import plan_of
 from fxparam.optim import optimizer, param_groups
@@ -23,7 +23,9 @@ from fxparam.plan import Plan
 from fxparam.transform import apply_plan, plan, transform
 from fxparam.lowering.compile import backend, compile, compile_pass  # noqa: A004 - fxparam.compile, like torch.compile
 
-from fxparam import gns, recipes, schedules  # noqa: E402  isort: skip  (sub-packages as namespaces)
+from fxparam import gns, recipes  # noqa: E402  isort: skip  (sub-packages as namespaces)
+from fxparam.recipes import schedules  # noqa: E402  isort: skip  (public as fxparam.schedules)
+from fxparam import _moved  # noqa: E402,F401  isort: skip  (old module paths keep importing)
 
 __version__ = "0.1.0"
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch.nn as nn
 
 from fxparam.configs import AnyConfig
-from fxparam.coord import (
+from fxparam.checks.coord import (
     CONTROL_THRESHOLD,
     DEPTH_BANDS,
     WIDTH_BANDS,
@@ -97,13 +97,13 @@ def assert_width_invariant(
         seeds: seeds averaged before fitting slopes.
         lr: base learning rate.
         depth: fixed depth passed to ``make_model`` (None: the model's own).
-        bands: allowed slopes per activation kind (default ``fxparam.coord.WIDTH_BANDS``).
+        bands: allowed slopes per activation kind (default ``fxparam.checks.coord.WIDTH_BANDS``).
         stat: ``"rms"`` or ``"delta"`` (change since init, for low learning rates).
         **kwargs: more ``coord_check`` arguments (``data=``, ``loss_fn=``, ``batch_size=``...)
             and config fields (``base_width=``, ``output_multiplier=``...).
 
     Returns:
-        The :class:`fxparam.coord.CoordCheck`, for further inspection or plotting.
+        The :class:`fxparam.checks.coord.CoordCheck`, for further inspection or plotting.
 
     Raises:
         AssertionError: with the failing activations and the slope table.
@@ -161,12 +161,12 @@ def assert_depth_invariant(
         seeds: seeds averaged before fitting slopes (depth slopes are noisier: use >= 3).
         lr: base learning rate.
         min_step: first step judged.
-        bands: allowed slopes (default ``fxparam.coord.DEPTH_BANDS``: the final residual stream).
+        bands: allowed slopes (default ``fxparam.checks.coord.DEPTH_BANDS``: the final residual stream).
         stat: ``"rms"`` or ``"delta"``.
         **kwargs: more ``coord_check`` arguments and config fields.
 
     Returns:
-        The :class:`fxparam.coord.CoordCheck`.
+        The :class:`fxparam.checks.coord.CoordCheck`.
 
     Raises:
         AssertionError: with the failing activations and the slope table.
@@ -226,7 +226,7 @@ def assert_not_invariant(
         **kwargs: more ``coord_check`` arguments and config fields.
 
     Returns:
-        The :class:`fxparam.coord.CoordCheck`.
+        The :class:`fxparam.checks.coord.CoordCheck`.
 
     Raises:
         AssertionError: when nothing grows faster than ``threshold``.

@@ -1,4 +1,4 @@
-"""fxparam.transfer: optimum bookkeeping on synthetic curves, and a tiny resumable sweep."""
+"""fxparam.checks.transfer: optimum bookkeeping on synthetic curves, and a tiny resumable sweep."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import pytest
 
 from fxparam.errors import ConfigError
-from fxparam.transfer import TransferPoint, TransferResult, TransferSettings, load_points, lr_grid, transfer
+from fxparam.checks.transfer import TransferPoint, TransferResult, TransferSettings, load_points, lr_grid, transfer
 
 LRS = lr_grid(-10, -5)
 

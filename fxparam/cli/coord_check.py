@@ -39,7 +39,7 @@ examples:
 
 What is judged: the slope of log2(activation RMS) vs log2(width) for every activation site
 (embedding output, each residual branch, attention logits, output logits, final residual
-stream) at init and after each step, against calibrated bands (fxparam.coord.WIDTH_BANDS);
+stream) at init and after each step, against calibrated bands (fxparam.checks.coord.WIDTH_BANDS);
 and vs log2(depth) for the final residual stream after step >= 2 (DEPTH_BANDS).  muP and
 CompleteP must be width-invariant, CompleteP also depth-invariant.  SP (and muP over depth)
 are negative controls: they must grow, or the check could not detect a broken model.
@@ -224,7 +224,7 @@ def factory_takes_depth(spec: str) -> bool:
     """Whether the model named by ``spec`` can be built at several depths."""
     if model_kind(spec) != "user":
         return True
-    from fxparam.targets import _user_factory
+    from fxparam.checks.targets import _user_factory
 
     _user_factory(spec)  # import errors become ConfigError here
     import importlib
@@ -255,7 +255,7 @@ def expects(param: str) -> dict[str, bool]:
 
 
 def label(param: str) -> str:
-    from fxparam.transfer import param_label
+    from fxparam.checks.transfer import param_label
 
     text = param_label(param)
     return text + (" (control)" if not any(expects(param).values()) else "")
@@ -266,8 +266,8 @@ def label(param: str) -> str:
 
 def _coord_task(task: dict[str, Any]) -> list[Any]:
     """One (parameterization, width, depth) point, all seeds: runs in a worker process."""
-    from fxparam.coord import coord_check
-    from fxparam.targets import resolve
+    from fxparam.checks.coord import coord_check
+    from fxparam.checks.targets import resolve
 
     make = _checked(resolve(task["model"], **task["options"]), task["model"])
     cc = coord_check(
@@ -312,9 +312,9 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the coordinate checks, print the summary, write the outputs; exit status."""
-    from fxparam.coord import CONTROL_THRESHOLD, DEPTH_BANDS, WIDTH_BANDS, Axis, CoordCheck, Record
-    from fxparam.data import ByteCorpus
-    from fxparam.transfer import default_jobs, parallel_map
+    from fxparam.checks.coord import CONTROL_THRESHOLD, DEPTH_BANDS, WIDTH_BANDS, Axis, CoordCheck, Record
+    from fxparam.checks.data import ByteCorpus
+    from fxparam.checks.transfer import default_jobs, parallel_map
 
     start = time.perf_counter()
     kind = model_kind(args.model)
@@ -483,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "coord_check.json").write_text(json.dumps(payload, separators=(",", ":")) + "\n", encoding="utf-8")
     written.append(out / "coord_check.json")
     if args.plots:
-        from fxparam.coord_plot import plot_coord_checks
+        from fxparam.checks.coord_plot import plot_coord_checks
 
         for axis in ("width", "depth"):
             ccs = [(p, by[axis]) for p, by in checks.items() if axis in by]
@@ -514,7 +514,7 @@ def _compact(records: list[Any]) -> dict[str, Any]:
 
 
 def _resolve(spec: str, options: dict[str, Any]) -> Any:
-    from fxparam.targets import resolve
+    from fxparam.checks.targets import resolve
 
     return resolve(spec, **options)
 

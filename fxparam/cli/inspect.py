@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import fxparam
-    from fxparam.targets import resolve
+    from fxparam.checks.targets import resolve
 
     spec = args.target or args.model
     make = resolve(spec, **gpt_options(args))

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from fxparam.recipes import recommend
-from fxparam.schedules import SCHEDULE_NAMES
+from fxparam.recipes.schedules import SCHEDULE_NAMES
 
 _EPILOG = """\
 example:

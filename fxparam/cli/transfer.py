@@ -38,7 +38,7 @@ examples:
   fxparam transfer --widths 64,128 --lrs 2^-10..2^-6 --steps 50 --out /tmp/t
 
 Every run: AdamW from fxparam.optimizer (the plan's per-group LRs), warmup then linear decay
-to zero (fxparam.schedules.d2z), byte tokens of Python's documentation (or --data), the same
+to zero (fxparam.recipes.schedules.d2z), byte tokens of Python's documentation (or --data), the same
 batches for every run; loss measured on the held-out tail.  The LR on the x axis is the base
 LR: the LR of the base model (the smallest width), which muP rescales per parameter group.
 
@@ -135,8 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of :func:`fxparam.transfer.transfer` for the parsed options."""
-    from fxparam.transfer import DEFAULT_PARAMS, GPT_OPTIONS, lr_grid
+    """Keyword arguments of :func:`fxparam.checks.transfer.transfer` for the parsed options."""
+    from fxparam.checks.transfer import DEFAULT_PARAMS, GPT_OPTIONS, lr_grid
 
     preset = PRESETS[(args.vary, args.quick)]
     if args.vary == "width" and args.depths is not None:
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, print the optimum table, write JSON, CSV and the plot."""
     from tqdm import tqdm
 
-    from fxparam.transfer import default_jobs, transfer
+    from fxparam.checks.transfer import default_jobs, transfer
 
     if args.weight_decay < 0 or not math.isfinite(args.weight_decay):
         raise ConfigError(f"--weight-decay must be >= 0, got {args.weight_decay}")

@@ -23,7 +23,7 @@ Example:
 from fxparam.gns._estimators import EMA, ratio, two_batch_estimates, unbiased_estimates
 from fxparam.gns._monitor import GNSEstimate, GNSMonitor, GNSStats, monitor
 from fxparam.gns._schedule import PAPER_111M_TOTAL_TOKENS, BatchSizeSchedule
-from fxparam.gns._swap import swap_norms, unswap_norms
+from fxparam.lowering.norm_swap import swap_norms, unswap_norms  # the swap mutates modules: lowering's job
 
 __all__ = [
     "EMA",

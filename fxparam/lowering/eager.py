@@ -123,7 +123,7 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
     ids_before = [id(p) for p in model.parameters()]
 
     if plan.norm_swaps:
-        from fxparam.gns import swap_norms  # validates all norms before swapping any
+        from fxparam.lowering.norm_swap import swap_norms  # validates all norms before swapping any
 
         swap_norms(model, plan.norm_swaps)
     modules = dict(model.named_modules())

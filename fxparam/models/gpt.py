@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxparam.alibi import alibi_bias, alibi_slopes
+from fxparam.models.alibi import alibi_bias, alibi_slopes
 
 
 @dataclass(frozen=True)

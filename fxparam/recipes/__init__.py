@@ -12,7 +12,7 @@ Example:
     (0.0, True)
 """
 
-from fxparam.alibi import ALiBi, alibi_attention_bias, alibi_bias, alibi_slopes, interpolation_factor
+from fxparam.models.alibi import ALiBi, alibi_attention_bias, alibi_bias, alibi_slopes, interpolation_factor
 from fxparam.recipes._collapse import (
     CollapseReport,
     NormalisedCurve,
@@ -31,7 +31,7 @@ from fxparam.recipes._fit import PowerLawFit, fit_power_law
 from fxparam.recipes._recommend import DEFAULT_GROUPS, GroupRecipe, Recipe, recommend
 from fxparam.recipes._timescale import GroupTimescale, b_crit, b_opt, lambda_opt, tau, tau_opt, timescale
 from fxparam.recipes._trec import TRECPrediction, Window, fit_trec_exponent, predict_trec, rank_windows
-from fxparam.schedules import Schedule, lr_values, make_schedule
+from fxparam.recipes.schedules import Schedule, lr_values, make_schedule
 
 __all__ = [
     "ALiBi",

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from fxparam.errors import RecipeError
 from fxparam.recipes._constants import COLLAPSE_EPS1, COLLAPSE_EPS2, COLLAPSE_M
 from fxparam.recipes._validate import array_1d, non_negative, number, positive
-from fxparam.schedules import Schedule
+from fxparam.recipes.schedules import Schedule
 
 #: Default smoothing: a centred moving average ``smooth`` wide in t_hat (2% of the run).
 DEFAULT_SMOOTH = 0.02
@@ -395,13 +395,13 @@ def collapse_surrogate(
 
     Args:
         t_hat: training fractions in [0, 1].
-        lr_shape: the schedule (a :class:`~fxparam.schedules.Schedule`) or a callable giving the LR
+        lr_shape: the schedule (a :class:`~fxparam.recipes.schedules.Schedule`) or a callable giving the LR
             normalised to peak 1 at given ``t_hat``.
         b, q: the surrogate's LR-term weight and power.
         m, eps1, eps2: overrides of the default constants.
 
     Example:
-        >>> from fxparam.schedules import make_schedule
+        >>> from fxparam.recipes.schedules import make_schedule
         >>> s = make_schedule("d2z", total_steps=100)
         >>> round(float(collapse_surrogate([1.0], s, b=0.5, q=1.0)[0]), 6)
         1.0
@@ -437,7 +437,7 @@ def fit_collapse_surrogate(
     ``fit_power_law(tpps, qs)`` gives ``(q0, q1)``.
 
     Example:
-        >>> from fxparam.schedules import make_schedule
+        >>> from fxparam.recipes.schedules import make_schedule
         >>> s = make_schedule("d2z", total_steps=200)
         >>> t = (1 + np.arange(200)) / 200
         >>> c = NormalisedCurve(t, collapse_surrogate(t, s, b=0.4, q=0.8), 1.0, 200, "given")

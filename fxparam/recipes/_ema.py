@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from fxparam.errors import RecipeError
 from fxparam.recipes._validate import array_1d, non_negative
-from fxparam.schedules import Schedule, make_schedule
+from fxparam.recipes.schedules import Schedule, make_schedule
 
 ScheduleLike = Schedule | str | LambdaLR | Callable[[int], float]
 
@@ -159,7 +159,7 @@ def group_ema_profiles(
 
     Args:
         optimizer: an AdamW-style optimizer (coupled decay ``theta *= 1 - lr * weight_decay``).
-        schedule: a :class:`~fxparam.schedules.Schedule`, a schedule name (needs ``total_steps``),
+        schedule: a :class:`~fxparam.recipes.schedules.Schedule`, a schedule name (needs ``total_steps``),
             a ``LambdaLR`` (its per-group lambdas are used) or a callable ``step -> multiplier``.
         total_steps: number of updates; defaults to the schedule's own ``total_steps``.
 

@@ -12,7 +12,7 @@ from fxparam.errors import RecipeError
 from fxparam.recipes._constants import LawConstants
 from fxparam.recipes._timescale import b_crit, b_opt, lambda_opt, tau_opt
 from fxparam.recipes._validate import positive
-from fxparam.schedules import SCHEDULE_NAMES, Schedule, make_schedule
+from fxparam.recipes.schedules import SCHEDULE_NAMES, Schedule, make_schedule
 
 #: Default param groups: LR multiplier relative to ``base_lr`` (None = 1/width_multiplier) and whether
 #: the group has weight decay. muP/CompleteP with Adam: hidden matrices at base_lr/m; embeddings,

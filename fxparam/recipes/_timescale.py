@@ -17,7 +17,7 @@ from fxparam.errors import RecipeError
 from fxparam.recipes._constants import B_UNIT_SEQ_LEN, C_B, C_TAU, M_B, M_BCRIT, M_TAU
 from fxparam.recipes._ema import ScheduleLike, check_decoupled, group_ema_profiles, peak_lr_of
 from fxparam.recipes._validate import batch_and_tokens, number, positive
-from fxparam.schedules import Schedule
+from fxparam.recipes.schedules import Schedule
 
 
 def tau(*, lr: float, weight_decay: float, batch_tokens: float, total_tokens: float) -> float:

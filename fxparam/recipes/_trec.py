@@ -19,7 +19,7 @@ from fxparam.errors import RecipeError
 from fxparam.recipes._constants import TREC_P
 from fxparam.recipes._ema import ema_profile
 from fxparam.recipes._validate import array_1d, number, positive
-from fxparam.schedules import Schedule, make_schedule
+from fxparam.recipes.schedules import Schedule, make_schedule
 
 
 class Window(BaseModel):
@@ -157,7 +157,7 @@ def predict_trec(
     """Predict the TREC shape for a schedule, an AdamW timescale and an exponent ``m``.
 
     Args:
-        schedule: a :class:`~fxparam.schedules.Schedule`, a name (with ``total_steps``) or an array
+        schedule: a :class:`~fxparam.recipes.schedules.Schedule`, a name (with ``total_steps``) or an array
             of per-update LR multipliers.
         tau: the AdamW timescale as a fraction of the run (see :func:`tau`); ``alpha_t =
             multiplier_t / (tau * T)``.

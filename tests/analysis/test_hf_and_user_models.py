@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 import fxparam
-from fxparam.hf import hf_model
+from fxparam.models.hf import hf_model
 
 pytest.importorskip("transformers")
 

@@ -63,7 +63,7 @@ def gpt_case(option: str, width: int = 32, depth: int = 2) -> Case:
 
 
 def hf_case(arch: str) -> Case:
-    from fxparam.hf import hf_model
+    from fxparam.models.hf import hf_model
 
     overrides: dict[str, Any] = {}
     if arch == "gpt2":  # GPT-2's configs default to dropout 0.1: runs must be deterministic

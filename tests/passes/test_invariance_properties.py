@@ -1,7 +1,7 @@
 """Property-based invariance tests: muP / CompleteP keep activation scale flat in width
 (and CompleteP in depth); SP and deliberately broken variants must fail the same test.
 
-Statistical tests: fixed seeds, 3-seed averages, calibrated bands (fxparam.coord), and a
+Statistical tests: fixed seeds, 3-seed averages, calibrated bands (fxparam.checks.coord), and a
 negative control for every positive claim, so a test that cannot fail is caught.
 """
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fxparam
-from fxparam.coord import CONTROL_THRESHOLD, coord_check
+from fxparam.checks.coord import CONTROL_THRESHOLD, coord_check
 from fxparam.models import GPT, GPTConfig
 
 SEEDS = (0, 1, 2)
@@ -113,7 +113,7 @@ def test_growing_head_dim_needs_the_1_over_d_rule():
 
 def test_hf_llama_mup_invariant_and_sp_is_not():
     pytest.importorskip("transformers")
-    from fxparam.targets import resolve
+    from fxparam.checks.targets import resolve
 
     make = resolve("hf:llama")
     widths = [32, 64, 128]

@@ -5,7 +5,7 @@ import math
 import pytest
 
 import fxparam
-from fxparam.hf import hf_model
+from fxparam.models.hf import hf_model
 from fxparam.models import GPT, GPTConfig
 from fxparam.passes.width import INPUT
 

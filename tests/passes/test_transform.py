@@ -137,7 +137,7 @@ def test_hf_save_pretrained_round_trip(tmp_path):
     pytest.importorskip("transformers")
     import transformers
 
-    from fxparam.hf import hf_model
+    from fxparam.models.hf import hf_model
 
     model = fxparam.transform(hf_model("llama", hidden_size=128, num_attention_heads=8, num_key_value_heads=8),
                               "completep", base_width=64, base_depth=1)

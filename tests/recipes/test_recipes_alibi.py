@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fxparam import recipes
-from fxparam.alibi import ALiBi, alibi_attention_bias, alibi_bias, alibi_slopes, interpolation_factor
+from fxparam.models.alibi import ALiBi, alibi_attention_bias, alibi_bias, alibi_slopes, interpolation_factor
 from fxparam.errors import RecipeError
 
 

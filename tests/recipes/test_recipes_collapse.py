@@ -19,7 +19,7 @@ from fxparam.recipes import (
     normalise_curve,
     read_loss_csv,
 )
-from fxparam.schedules import make_schedule
+from fxparam.recipes.schedules import make_schedule
 
 # Surrogate law constants for the synthetic "truth" (the paper publishes none): b = B0 tau^B1, q = Q0 TPP^Q1.
 B0, B1, Q0, Q1 = 0.5, 0.6, 1.0, -0.1

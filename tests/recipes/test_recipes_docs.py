@@ -11,8 +11,8 @@ import pytest
 import fxparam.recipes as recipes
 
 MODULES = [
-    "fxparam.schedules",
-    "fxparam.alibi",
+    "fxparam.recipes.schedules",
+    "fxparam.models.alibi",
     "fxparam.recipes",
     "fxparam.recipes._collapse",
     "fxparam.recipes._constants",
@@ -33,8 +33,8 @@ def test_docstring_examples_run(name: str) -> None:
 def test_all_is_sorted_and_public_functions_have_examples() -> None:
     for mod in (
         recipes,
-        importlib.import_module("fxparam.schedules"),
-        importlib.import_module("fxparam.alibi"),
+        importlib.import_module("fxparam.recipes.schedules"),
+        importlib.import_module("fxparam.models.alibi"),
     ):
         assert list(mod.__all__) == sorted(mod.__all__), mod.__name__
         for name in mod.__all__:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fxparam.errors import RecipeError
 from fxparam.recipes import ema_profile, group_ema_profiles
-from fxparam.schedules import Schedule, make_schedule
+from fxparam.recipes.schedules import Schedule, make_schedule
 
 from .test_recipes_schedules import any_schedule
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fxparam import schedules
 from fxparam.errors import RecipeError
-from fxparam.schedules import Schedule, lr_values, make_schedule
+from fxparam.recipes.schedules import Schedule, lr_values, make_schedule
 
 FAST = settings(max_examples=40, deadline=None)
 

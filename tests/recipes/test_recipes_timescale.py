@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fxparam.errors import RecipeError
 from fxparam.recipes import GroupTimescale, b_crit, b_opt, lambda_opt, recommend, tau, tau_opt, timescale
-from fxparam.schedules import make_schedule
+from fxparam.recipes.schedules import make_schedule
 
 FAST = settings(max_examples=50, deadline=None)
 

@@ -7,7 +7,7 @@ import pytest
 
 from fxparam.errors import RecipeError
 from fxparam.recipes import ema_profile, fit_trec_exponent, predict_trec, rank_windows
-from fxparam.schedules import make_schedule
+from fxparam.recipes.schedules import make_schedule
 
 
 def test_shape_follows_the_formula() -> None:

@@ -40,8 +40,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fxparam
-from fxparam.coord import CONTROL_THRESHOLD, WIDTH_BANDS, Band, CoordCheck
-from fxparam.data import ByteCorpus
+from fxparam.checks.coord import CONTROL_THRESHOLD, WIDTH_BANDS, Band, CoordCheck
+from fxparam.checks.data import ByteCorpus
 from fxparam.models import GPT, GPTConfig
 
 LR, STEPS, SEEDS = 3e-3, 3, (0, 1)

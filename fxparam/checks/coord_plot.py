@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fxparam.errors import FxparamError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fxparam.coord import Axis, CoordCheck, Stat
+    from fxparam.checks.coord import Axis, CoordCheck, Stat
 
 #: Colour per activation kind (matplotlib's tab10 palette, fixed so figures compare).
 KIND_COLORS: dict[str, str] = {

@@ -162,7 +162,7 @@ class CoordCheck(BaseModel):
     # ---------------------------------------------------------------- output
 
     def plot(self, path: str, *, axis: Axis = "width", stat: Stat = "rms") -> str:
-        from fxparam.coord_plot import plot_coord_check
+        from fxparam.checks.coord_plot import plot_coord_check
 
         return plot_coord_check(self, path, axis=axis, stat=stat)
 
@@ -358,7 +358,7 @@ def coord_check(
     if steps < 0:
         raise ConfigError("coord_check: steps must be >= 0")
     if data is None:
-        from fxparam.data import ByteCorpus
+        from fxparam.checks.data import ByteCorpus
 
         data = ByteCorpus().batch(batch_size, seq_len, seed=1234)
     cfg_name = config if isinstance(config, str) or config is None else type(config).__name__

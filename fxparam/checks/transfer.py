@@ -7,13 +7,13 @@ optimal LR moves as the model widens; under muP (width) and CompleteP (depth) it
 stay within one grid step of the small model's.
 
 Each run is AdamW built by :func:`fxparam.optimizer` (the plan's per-group LRs), warmup
-then linear decay to zero (:func:`fxparam.schedules.d2z`), on byte tokens of Python's own
-documentation (:class:`fxparam.data.ByteCorpus`, no download), evaluated on the held-out
+then linear decay to zero (:func:`fxparam.recipes.schedules.d2z`), on byte tokens of Python's own
+documentation (:class:`fxparam.checks.data.ByteCorpus`, no download), evaluated on the held-out
 tail.  Every finished run is appended to a JSON-lines results file, so an interrupted or
 extended sweep re-uses what is done.
 
 Example:
-    >>> res = fxparam.transfer.transfer(sizes=[64, 128], params=["sp", "mup"],
+    >>> res = fxparam.checks.transfer.transfer(sizes=[64, 128], params=["sp", "mup"],
     ...                                 lrs=[2**-9, 2**-7, 2**-5], steps=50)
     >>> print(res.summary())
     >>> res.plot("transfer.png")
@@ -339,7 +339,7 @@ class TransferResult(BaseModel):
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Held-out loss vs base LR, one line per size, one panel per parameterization."""
-        from fxparam.coord_plot import _pyplot
+        from fxparam.checks.coord_plot import _pyplot
 
         plt = _pyplot()
         s = self.settings
@@ -425,7 +425,7 @@ _CORPORA: dict[str | None, Any] = {}
 
 
 def _corpus(path: str | None) -> Any:
-    from fxparam.data import ByteCorpus
+    from fxparam.checks.data import ByteCorpus
 
     if path not in _CORPORA:
         _CORPORA[path] = ByteCorpus(path=path)
@@ -443,9 +443,9 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
         True
     """
     import fxparam
-    from fxparam.coord import lm_loss
-    from fxparam.schedules import d2z
-    from fxparam.targets import resolve
+    from fxparam.checks.coord import lm_loss
+    from fxparam.recipes.schedules import d2z
+    from fxparam.checks.targets import resolve
 
     start, cpu_start = time.perf_counter(), time.process_time()
     width, depth = settings.width_depth(size)
@@ -585,7 +585,7 @@ def default_jobs() -> int:
 
 
 def _digest(path: str | None) -> str:
-    from fxparam.data import load_text
+    from fxparam.checks.data import load_text
 
     return hashlib.sha256(load_text(path).encode("utf-8")).hexdigest()[:16]
 

@@ -36,7 +36,7 @@ def _gpt_factory(options: dict[str, Any]) -> ModelFactory:
 
 
 def _hf_factory(arch: str, options: dict[str, Any]) -> ModelFactory:
-    from fxparam import hf
+    from fxparam.models import hf
 
     def make(width: int | None = None, depth: int | None = None) -> nn.Module:
         base = hf.hf_config(arch, **options)

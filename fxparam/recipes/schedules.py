@@ -16,7 +16,7 @@ afterwards. D2Z ("Straight to Zero", Bergsma et al., ICLR 2025) is linear decay 
 
 Example:
     >>> import torch
-    >>> from fxparam import schedules
+    >>> from fxparam.recipes import schedules
     >>> w = torch.nn.Parameter(torch.zeros(2))
     >>> opt = torch.optim.AdamW([{"params": [w], "lr": 1e-3}], weight_decay=0.1)
     >>> sched = schedules.d2z(opt, total_steps=100, warmup_steps=10)
