@@ -66,10 +66,14 @@ def apply_plan(
     """
     if isinstance(the_plan, (str, bytes)):
         the_plan = Plan.from_json(the_plan)
-    if lowering == "eager":
-        return lower_eager(model, the_plan, init=init)
-    if lowering == "graph":
+    if lowering not in ("eager", "graph"):
+        raise ConfigError(f"unknown lowering {lowering!r}; use 'eager' or 'graph' (or fxparam.backend for torch.compile)")
+    from fxparam.lowering._rollback import all_or_nothing
+
+    # all or nothing (issue 14): any failure, in the lowering or in its verification, restores the model exactly
+    with all_or_nothing(model, values=init or bool(the_plan.masks)):
+        if lowering == "eager":
+            return lower_eager(model, the_plan, init=init)
         from fxparam.lowering.graph import lower_graph
 
         return lower_graph(model, the_plan, init=init, example_inputs=example_inputs)
-    raise ConfigError(f"unknown lowering {lowering!r}; use 'eager' or 'graph' (or fxparam.backend for torch.compile)")

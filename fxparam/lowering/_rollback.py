@@ -1,0 +1,133 @@
+"""All or nothing: snapshot a model before a lowering mutates it, restore it exactly on failure.
+
+A lowering mutates a model in several steps (norm class swaps, attention attributes,
+forward hooks, ``ScaledLinear`` class swaps, mask buffers and gradient hooks, the
+re-init, the recorded plan).  If any step raises - or the post-lowering
+:func:`fxparam.verify` finds a planned multiplier not in effect - the model must be
+left exactly as the user handed it, so that a retry neither fails on leftovers nor
+double-scales.  :func:`all_or_nothing` takes a :class:`Snapshot` before the first
+mutation and restores it on any exception:
+
+- every module's class and instance ``__dict__`` (attributes fxparam set are removed,
+  attributes it overwrote are put back), and the *contents* of its dict/set containers
+  (``_parameters``, ``_buffers``, ``_modules``, every hook dict) restored in place, so
+  ``RemovableHandle``s and other references to those containers stay valid;
+- every Parameter and buffer: same object (identity), same values (bit-identical),
+  same ``requires_grad``, same tensor-level gradient hooks (``_backward_hooks``);
+- fxparam's process-wide optimizer watch list (:mod:`fxparam.optim`) for the model's
+  Parameters.
+
+Cost: one clone of every non-meta parameter and buffer while the lowering runs (the
+values are restored from it); meta-device models cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Snapshot", "all_or_nothing"]
+
+
+def _copy_container(value: Any) -> Any:
+    """A shallow copy of a dict/set container (``None`` for anything else)."""
+    if isinstance(value, dict):
+        return type(value).copy(value) if hasattr(type(value), "copy") else dict(value)
+    if isinstance(value, set):
+        return set(value)
+    return None
+
+
+class Snapshot:
+    """The restorable state of ``model`` (see the module docstring for what is kept).
+
+    Args:
+        model: the module tree to snapshot (every submodule, shared ones once).
+        values: clone parameter and buffer values (False when the caller guarantees no
+            value is written, e.g. ``init=False`` lowerings without masks).
+    """
+
+    def __init__(self, model: nn.Module, *, values: bool = True) -> None:
+        self.modules: list[tuple[nn.Module, type, dict[str, Any], dict[str, Any]]] = []
+        for module in model.modules():
+            attrs = dict(module.__dict__)
+            containers = {k: c for k, v in attrs.items() if (c := _copy_container(v)) is not None}
+            self.modules.append((module, type(module), attrs, containers))
+        self.tensors: list[tuple[torch.Tensor, torch.Tensor | None, bool, Any]] = []
+        seen: set[int] = set()
+        for module in model.modules():
+            for t in [*module._parameters.values(), *module._buffers.values()]:
+                if t is None or id(t) in seen:
+                    continue
+                seen.add(id(t))
+                saved = None
+                if values and t.device.type != "meta":
+                    saved = t.detach().clone()
+                hooks = getattr(t, "_backward_hooks", None)
+                self.tensors.append((t, saved, t.requires_grad, None if hooks is None else dict(hooks)))
+        from fxparam import optim
+
+        self._watched = {id(t) for t, *_ in self.tensors if id(t) in optim._EXPECTED}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put every module, parameter and buffer back as it was at snapshot time."""
+        for module, cls, attrs, containers in self.modules:
+            if type(module) is not cls:
+                module.__class__ = cls
+            current = module.__dict__
+            for key in [k for k in current if k not in attrs]:
+                del current[key]
+            for key, value in attrs.items():
+                current[key] = value
+                if key in containers:
+                    value.clear()
+                    value.update(containers[key])
+        from fxparam import optim
+
+        for t, saved, requires_grad, hooks in self.tensors:
+            if saved is not None and (t.shape != saved.shape or not torch.equal(t.detach(), saved)):
+                if t.shape != saved.shape:
+                    t.data = saved
+                else:
+                    t.detach().copy_(saved)
+            if t.requires_grad != requires_grad:
+                t.requires_grad_(requires_grad)
+            current = getattr(t, "_backward_hooks", None)
+            if hooks is None:
+                if current:
+                    t._backward_hooks = None
+            elif current is not None:
+                current.clear()
+                current.update(hooks)
+            if id(t) not in self._watched:
+                optim._EXPECTED.pop(id(t), None)
+                optim._LR_MULT.pop(id(t), None)
+
+
+@contextmanager
+def all_or_nothing(model: nn.Module, *, values: bool = True) -> Iterator[Snapshot]:
+    """Run a block that mutates ``model``; on any exception restore ``model`` exactly, then re-raise.
+
+    Args:
+        model: the module the block mutates.
+        values: also snapshot parameter/buffer values (needed when the block re-initialises
+            or masks weights).
+
+    Raises:
+        Whatever the block raised, after the restore.
+
+    Example:
+        >>> with all_or_nothing(model):
+        ...     lower_eager(model, plan, init=True)
+    """
+    snapshot = Snapshot(model, values=values)
+    try:
+        yield snapshot
+    except BaseException:
+        snapshot.restore()
+        raise
