@@ -29,7 +29,9 @@ def test_effective_values_equal_the_plan(model, opt_cls):
             rules = plan.rules_for(names[id(p)])
             want_lr = lr * (rules.sgd_lr_mult if rule == "sgd" else rules.lr_mult)
             assert group["lr"] == pytest.approx(want_lr)
-            assert group["weight_decay"] == pytest.approx(wd * rules.wd_mult)
+            # SGD (MuSGD): the shrink lr*wd equals the Adam rule's, so wd is rescaled by lr_mult/sgd_lr_mult
+            sgd = rules.lr_mult / rules.sgd_lr_mult if rule == "sgd" else 1.0
+            assert group["weight_decay"] == pytest.approx(wd * rules.wd_mult * sgd)
             if rule == "adam":
                 assert group["eps"] == pytest.approx(eps * rules.eps_mult)
             else:

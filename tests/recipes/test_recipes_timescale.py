@@ -34,9 +34,9 @@ def test_tau_610m_80tpp_worked_value() -> None:
         base_lr=1.62e-2,
         width_multiplier=8,
         batch_size=504,
-        weight_decay=0.1,
+        weight_decay=0.1 / 8,  # base lambda (fxparam.optimizer units): the hidden weights decay with 0.1
     )
-    assert r.lr == pytest.approx(2.025e-3)
+    assert r.hidden_lr == pytest.approx(2.025e-3) and r.hidden_weight_decay == pytest.approx(0.1)
     assert r.tau == pytest.approx(0.105, abs=5e-4)
     assert r.tpp == pytest.approx(79.5, abs=0.01)
     assert not r.warnings  # 0.105 is within 1.5x of tau_opt(79.5) = 0.108
