@@ -17,9 +17,8 @@ from fxparam.errors import (
 from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
 from fxparam.checks.coord import CoordCheck, coord_check
 from fxparam.configs import GNS, SP, CompleteP, Composed, DepthScaled, MuP, SuPar, compose
-from fxparam.lowering import plan_of
 from fxparam.optim import optimizer, param_groups
-from fxparam.plan import Plan
+from fxparam.plan import Plan, plan_of
 from fxparam.transform import apply_plan, plan, transform
 from fxparam.lowering.compile import backend, compile, compile_pass  # noqa: A004 - fxparam.compile, like torch.compile
 

@@ -1,17 +1,26 @@
 """The Plan: everything a transform does to a model, keyed by FQN, as diffable JSON.
 
 Facts live here and never on Parameter objects (those are lost under FSDP and copies).
+
+This module is also the one home of "the plan on a module": the attribute that records
+it (:data:`PLAN_ATTR`), :func:`attach` (called by every lowering), :func:`plan_of` and
+:func:`unwrap`.  The optimizer helpers (:mod:`fxparam.optim`) and the lowerings
+(:mod:`fxparam.lowering`) both depend on this module and never on each other.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
+from collections.abc import Callable
 from typing import Any, Literal
 
+import torch
+import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
-from fxparam.errors import PlanError
+from fxparam.errors import LoweringError, PlanError
 
 
 class _Rec(BaseModel):
@@ -160,3 +169,86 @@ class Plan(_Rec):
             lines += ["", f"masks (SuPar): {len(self.masks)} parameters, density {densities}, seed {seeds}; {where}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- the plan on a module
+
+#: Attribute of a transformed module holding its :class:`Plan`.
+PLAN_ATTR = "_fxparam_plan"
+
+#: What the optimizer check (:mod:`fxparam.optim`, "SP by accident") needs, filled by
+#: :func:`attach`: every attached Parameter by ``id`` (weakly) ...
+PLANNED_PARAMS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+#: ... and its planned Adam-rule LR multiplier (``ParamPlan.lr_mult`` of the rules governing it).
+PLANNED_LR_MULT: dict[int, float] = {}
+_ON_ATTACH: list[Callable[[], None]] = []
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / ``torch.compile`` wrappers.
+
+    Args:
+        model: a module, possibly ``DistributedDataParallel(...)`` or ``torch.compile(...)``'s
+            ``OptimizedModule`` (nested in any order).
+
+    Returns:
+        The innermost module (``model`` itself when it is not wrapped).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def plan_of(model: nn.Module) -> Plan:
+    """The Plan fxparam applied to ``model`` (through DDP / ``torch.compile`` wrappers).
+
+    Returns:
+        The :class:`Plan` recorded by the lowering.
+
+    Raises:
+        LoweringError: ``model`` was never transformed by fxparam.
+    """
+    plan = getattr(unwrap(model), PLAN_ATTR, None)
+    if plan is None:
+        raise LoweringError(
+            f"{type(model).__name__} was not transformed by fxparam: call fxparam.transform(model, ...) first"
+        )
+    return plan
+
+
+def record_lr_mults(model: nn.Module, plan: Plan) -> None:
+    """Remember ``plan``'s LR multiplier of each of ``model``'s Parameters (for the optimizer check)."""
+    for name, p in unwrap(model).named_parameters():
+        PLANNED_PARAMS[id(p)] = p
+        PLANNED_LR_MULT[id(p)] = plan.rules_for(name).lr_mult
+    for fn in _ON_ATTACH:
+        fn()
+
+
+def on_attach(fn: Callable[[], None]) -> None:
+    """Call ``fn()`` after every :func:`attach` (the optimizer check installs its step hook this way)."""
+    if fn not in _ON_ATTACH:
+        _ON_ATTACH.append(fn)
+
+
+def attach(model: nn.Module, plan: Plan) -> None:
+    """Record ``plan`` on ``model`` and register what the optimizer check needs.
+
+    Every lowering (eager, graph, compile) ends with this call: afterwards
+    :func:`plan_of` finds the plan (``fxparam.optimizer`` builds its param groups from it),
+    and an optimizer that mixes parameters of different planned LR multipliers in one
+    param group is warned about at its first step.
+
+    Args:
+        model: the lowered module (the module itself, a GraphModule, or the module a
+            ``torch.compile`` wrapper will run).
+        plan: the plan applied to it.
+    """
+    setattr(model, PLAN_ATTR, plan)
+    record_lr_mults(model, plan)

@@ -46,7 +46,7 @@ import torch.nn as nn
 
 from fxparam.errors import ConfigError, LoweringError
 from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported, frame_parameter_names
-from fxparam.plan import Plan
+from fxparam.plan import Plan, attach, unwrap
 
 __all__ = ["PlanBackend", "PlanPass", "backend", "compile", "compile_pass", "prepare_model"]
 
@@ -277,7 +277,7 @@ def prepare_model(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
         >>> float(model.lm_head.weight.detach().std()) < 0.03  # re-drawn with the plan's init std
         True
     """
-    from fxparam.lowering.eager import prepare_weights, unwrap
+    from fxparam.lowering.eager import prepare_weights
 
     prepare_weights(unwrap(model), plan, init=init)
 
@@ -341,8 +341,7 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
         torch.Size([2, 8, 256])
         >>> opt = fxparam.optimizer(compiled, torch.optim.AdamW, lr=1e-2)
     """
-    from fxparam.lowering.eager import PLAN_ATTR, _validate, unwrap
-    from fxparam.optim import watch
+    from fxparam.lowering.eager import _validate
     from fxparam.transform import plan as make_plan
 
     inner_model = unwrap(model)
@@ -353,6 +352,5 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
     be = backend(the_plan, inner=inner, options=options)
     prepare_model(inner_model, the_plan, init=init)
     inner_model.register_forward_pre_hook(_CompiledOnly())
-    setattr(inner_model, PLAN_ATTR, the_plan)
-    watch(inner_model)
+    attach(inner_model, the_plan)
     return cast(nn.Module, torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph))

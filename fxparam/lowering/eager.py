@@ -2,7 +2,8 @@
 
 Validate everything first, then mutate: a failure leaves the model as it was.
 Parameters keep their identity, ``state_dict`` keys and order are unchanged (asserted),
-and the plan is recorded on the model so the optimizer helpers find it.
+and the plan is recorded on the model (:func:`fxparam.plan.attach`) so the optimizer
+helpers find it.
 """
 
 from __future__ import annotations
@@ -13,33 +14,10 @@ import torch.nn as nn
 from fxparam.errors import AlreadyTransformedError, LoweringError
 from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, scale_linear
 from fxparam.passes.width import INPUT
-from fxparam.plan import Plan
+from fxparam.plan import PLAN_ATTR, Plan, attach, plan_of, unwrap
 
-PLAN_ATTR = "_fxparam_plan"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP / torch.compile wrappers."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
-
-
-def plan_of(model: nn.Module) -> Plan:
-    """The Plan fxparam applied to ``model`` (raises if it was never transformed)."""
-    plan = getattr(unwrap(model), PLAN_ATTR, None)
-    if plan is None:
-        raise LoweringError(
-            f"{type(model).__name__} was not transformed by fxparam: call fxparam.transform(model, ...) first"
-        )
-    return plan
-
+# PLAN_ATTR, plan_of and unwrap live in fxparam.plan; re-exported for 0.1 imports.
+__all__ = ["PLAN_ATTR", "lower_eager", "plan_of", "prepare_weights", "unwrap"]
 
 def _validate(model: nn.Module, plan: Plan) -> None:
     if getattr(model, PLAN_ATTR, None) is not None:
@@ -144,10 +122,7 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
         elif not scale_linear(modules[key], out=factor):
             modules[key].register_forward_hook(OutputScale(factor, key))
     prepare_weights(model, plan, init=init)
-    setattr(model, PLAN_ATTR, plan)
-    from fxparam.optim import watch
-
-    watch(model)
+    attach(model, plan)
 
     # masks add state_dict keys only when stored (SuPar(store_masks=True)), and only those keys
     added: set[str] = set()

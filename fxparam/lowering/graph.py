@@ -46,7 +46,7 @@ from torch.utils import _pytree as pytree
 from fxparam.capture import _split_inputs, clean_module_path, default_example_inputs
 from fxparam.errors import CaptureError, LoweringError
 from fxparam.passes.width import INPUT
-from fxparam.plan import Plan
+from fxparam.plan import Plan, attach
 
 __all__ = [
     "GraphRewrite",
@@ -535,9 +535,9 @@ def lower_graph(
 
     leaves = pytree.tree_leaves((args, kwargs))
     specs = [(tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else None for t in leaves]
-    attach = _Attach(_InputCheck(specs, dynamic, _first_param(gm)), plan)
-    attach(gm)
-    gm._register_deepcopy_hook(attach)  # GraphModule.__deepcopy__ drops forward hooks and attributes
+    attacher = _Attach(_InputCheck(specs, dynamic, _first_param(gm)), plan)
+    attacher(gm)
+    gm._register_deepcopy_hook(attacher)  # GraphModule.__deepcopy__ drops forward hooks and attributes
     return gm
 
 
@@ -564,9 +564,6 @@ class _Attach:
         self.plan = plan
 
     def __call__(self, gm: fx.GraphModule) -> None:
-        from fxparam.lowering.eager import PLAN_ATTR
-        from fxparam.optim import watch
-
         handle = gm.register_forward_pre_hook(self.check, with_kwargs=True)
         hooks = cast("OrderedDict[int, Any]", gm._forward_pre_hooks)  # an OrderedDict in nn.Module
         hooks.move_to_end(handle.id, last=False)  # before export's own guards
@@ -574,8 +571,7 @@ class _Attach:
             from fxparam.lowering.masks import _guards
 
             gm.register_forward_pre_hook(_MaskGuards(_guards(gm)))
-        setattr(gm, PLAN_ATTR, self.plan)
-        watch(gm)
+        attach(gm, self.plan)
 
 
 def multiplier_nodes(gm: fx.GraphModule) -> Iterable[tuple[str, float]]:
