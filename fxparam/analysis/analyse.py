@@ -71,19 +71,30 @@ def analyse(model: nn.Module, example_inputs: Any = None, *, cap: Capture | None
                     branch=ren(site.branches[0]),
                     branches=[ren(b) for b in site.branches],
                     output_modules=[ren(m) for m in site.output_modules],
+                    stream=site.stream,
+                    application=site.application,
                 )
             )
     for r in sorted(residuals, key=lambda r: _block_key(r.block)):
         if r.block not in blocks:
             blocks.append(r.block)
-    residuals.sort(key=lambda r: _block_key(r.block))
+    residuals.sort(key=lambda r: (r.stream, _block_key(r.block), r.application))
+    # depth = residual blocks applied, per stream (a shared block applied n times counts n)
+    applied: dict[int, set[tuple[str, int]]] = {}
+    for r in residuals:
+        applied.setdefault(r.stream, set()).add((r.block, r.application))
+    stream_depths = [len(applied[s]) for s in sorted(applied)]
 
     attention: list[AttentionSite] = []
     for a in sf.attention_sites():
         for real in cap.real_names(a.module):
-            changes = {"module": real}
+            changes: dict[str, Any] = {"module": real}
             if a.scale_attr_module is not None:
                 changes["scale_attr_module"] = _rename(a.scale_attr_module, a.module, real)
+                # per layer: the real module's own value (blocks past the captured ones may differ)
+                value = getattr(_submodule(model, changes["scale_attr_module"]), a.scale_attr or "", None)
+                if isinstance(value, float):
+                    changes["scale"] = value
             attention.append(a.model_copy(update=changes))
     norms: list[NormSite] = []
     for n in sf.norm_sites():
@@ -95,8 +106,9 @@ def analyse(model: nn.Module, example_inputs: Any = None, *, cap: Capture | None
     return Analysis(
         model_class=cap.model_class,
         width=width,
-        depth=len(blocks),
+        depth=max(stream_depths, default=0),
         blocks=blocks,
+        stream_depths=stream_depths,
         residuals=residuals,
         params=params,
         attention=attention,
@@ -139,6 +151,13 @@ def _role(sf: StructureFinder, shape: list[int], uses: list, width: int | None) 
                        "fan_in": shape[-2], "fan_out": shape[-1], "fan_in_dim": len(shape) - 2}
     return base | {"role": "vector", "fan_in_width": False, "fan_out_width": True,
                    "fan_out": shape[-1] if shape else None}
+
+
+def _submodule(model: nn.Module, fqn: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(fqn)
+    except AttributeError:
+        return None
 
 
 def _unused(shape: list[int]) -> dict[str, Any]:

@@ -50,13 +50,21 @@ class ResidualSite(_Fact):
         branch: FQN of the module whose output is added (the first, for parallel residuals).
         branches: all branch modules added at this site (two for GPT-J / NeoX parallel blocks).
         output_modules: the innermost modules whose outputs are the branch values (up to
-            linear ops such as dropout or views): where a branch multiplier is applied.
+            linear ops such as dropout, views, a constant or LayerScale gain): where a
+            branch multiplier is applied; never a module whose output includes the skip.
+            Empty when the branch is computed inline by the module that adds it.
+        stream: which residual stream the site is on (0 for decoder-only models; an
+            encoder-decoder has two, each with its own depth).
+        application: the nth application of ``block`` on its stream (a block module
+            applied n times in a loop has n applications, each one residual block).
     """
 
     block: str
     branch: str
     branches: list[str]
     output_modules: list[str]
+    stream: int = 0
+    application: int = 0
 
 
 class AttentionSite(_Fact):
@@ -65,7 +73,9 @@ class AttentionSite(_Fact):
     Attributes:
         module: FQN of the module that calls attention.
         head_dim: size of the query/key vectors.
-        scale: the logit scale in use (SDPA's default 1/sqrt(head_dim) made explicit).
+        scale: the logit scale in use (SDPA's default 1/sqrt(head_dim) made explicit), read
+            per layer (a model's own per-layer factors, e.g. GPT-2's 1/layer, are kept);
+            None for a softmax over q.k whose scale fxparam could not find (a warning).
         kind: "sdpa" or "manual" (matmul, scale, softmax).
         scale_attr: the module attribute holding the scale (``scaling``, ``scale``...), if any;
             the eager lowering sets it.
@@ -73,7 +83,7 @@ class AttentionSite(_Fact):
 
     module: str
     head_dim: int
-    scale: float
+    scale: float | None
     kind: Literal["sdpa", "manual"]
     scale_attr: str | None = None
     scale_attr_module: str | None = None
@@ -93,8 +103,9 @@ class Analysis(_Fact):
 
     model_class: str
     width: int | None = Field(description="residual-stream (or hidden matmul fan-in) size")
-    depth: int
+    depth: int = Field(description="residual blocks applied along the deepest residual stream")
     blocks: list[str]
+    stream_depths: list[int] = Field(default_factory=list, description="depth of each residual stream")
     residuals: list[ResidualSite]
     params: dict[str, ParamInfo]
     attention: list[AttentionSite]

@@ -68,6 +68,51 @@ class RawSite:
     block: str = ""
     branches: list[str] = field(default_factory=list)
     output_modules: list[str] = field(default_factory=list)
+    block_call: str | None = None  # nn_module_stack key of the block's call (one per application)
+    stream: int = 0  # which residual stream (encoder and decoder of a seq2seq model: two)
+    application: int = 0  # nth application of the block module in its stream (shared blocks)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a module in the captured forward (a module applied n times has n calls)."""
+
+    key: str  # the nn_module_stack key: unique per call (export suffixes repeats with ``@k``)
+    fqn: str
+    cls: str
+
+
+#: Ops that multiply their first (data) operand by a constant: linear in the branch.
+SCALE_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div.Scalar"}
+#: Shape-only ops on the way from q / k to their product (a scale folded into q is found through them).
+QK_VIEW_OPS = TRANSPARENT_OPS | {
+    "aten.transpose.int",
+    "aten.permute.default",
+    "aten.expand.default",
+    "aten.unsqueeze.default",
+    "aten.squeeze.dim",
+    "aten.t.default",
+    "aten.slice.Tensor",
+    "aten.select.int",
+    "aten.split.Tensor",
+    "aten.getitem",
+    "<built-in function getitem>",
+    "aten.split_with_sizes.default",
+    "aten.unflatten.int",
+    "aten.flatten.using_ints",
+}
+#: Batched matmuls with a built-in logit scale ``alpha`` (``beta * input + alpha * b1 @ b2``).
+ALPHA_MATMUL_OPS = {"aten.baddbmm.default", "aten.addbmm.default"}
+QK_MATMUL_OPS = {"aten.matmul.default", "aten.bmm.default", "aten.mm.default"}
+#: Ops a score tensor may pass through between q.k and softmax without changing its scale.
+SCORE_PASS_OPS = QK_VIEW_OPS | ADD_OPS | {
+    "aten.sub.Tensor",
+    "aten.where.self",
+    "aten.masked_fill.Scalar",
+    "aten.masked_fill.Tensor",
+    "aten.masked_fill_.Scalar",
+    "aten.float.default",
+}
 
 
 class StructureFinder:
@@ -80,6 +125,11 @@ class StructureFinder:
         self.uses = self._param_uses()
         self.param_op_nodes = {u.node for uses in self.uses.values() for u in uses if u.kind in ("matmul", "embedding")}
         self._anc: dict[str, set[str]] = {}
+        self.calls: dict[str, list[Call]] = {n: self._call_stack(n) for n in self.g.nodes}
+        self.data: set[str] = set()  # nodes computed from the user inputs (not weights or constants)
+        for inp in mg.user_inputs:
+            if inp in self.g:
+                self.data |= nx.descendants(self.g, inp) | {inp}
         self.sites = self._residual_sites()
         self.in_branch: set[str] = set()
         for site in self.sites:
@@ -202,9 +252,144 @@ class StructureFinder:
             site = RawSite(add=n, skip=skip, branch_nodes=branch_nodes)
             sites.append(site)
             by_add[n] = site
+        self._assign_blocks(sites)
         for site in sites:
             self._name_site(site)
         return sites
+
+    # ----------------------------------------------------------------- blocks and depth
+
+    def _call_stack(self, n: str) -> list[Call]:
+        """Module calls owning ``n``, outermost first (export keys each call of a module apart)."""
+        from fxparam.capture import clean_module_path
+
+        stack = self.mg.nodes[n].meta.get("nn_module_stack") or {}
+        out: list[Call] = []
+        for key, (path, cls) in stack.items():
+            fqn = clean_module_path(path)
+            if fqn:
+                out.append(Call(key=str(key), fqn=fqn, cls=str(getattr(cls, "__qualname__", cls))))
+        return out
+
+    def _data_args(self, n: str) -> list[str]:
+        return [a for a in self.mg.tensor_args(n) if a in self.data and a not in self.param_nodes]
+
+    def _stream_predecessor(self, skip: str, site_of_add: dict[str, RawSite]) -> RawSite | None:
+        """The site whose output this skip continues (through norms, dropout, views, constants)."""
+        cur = skip
+        for _ in range(64):
+            if cur in site_of_add:
+                return site_of_add[cur]
+            args = self._data_args(cur)
+            if len(args) != 1:
+                return None
+            cur = args[0]
+        return None
+
+    def _assign_blocks(self, sites: list[RawSite]) -> None:
+        """Group residual sites into streams and blocks (DESIGN: depth = blocks *applied*).
+
+        A stream is a chain of sites, each skip continuing the previous site's output.
+        Along a stream, the sites' module-call stacks are compared: the first level at
+        which they part is the block level when the calls there are repeats of one module
+        class, or when their common parent call holds the stream's start (it is the stack
+        of blocks, e.g. ``encoder``); otherwise (heterogeneous sub-layers of a single
+        block, T5's ``layer.0`` / ``layer.1``) the common parent call is the one block.
+        Each call is one application, so a block module applied n times counts n.
+        """
+        site_of_add = {s.add: s for s in sites}
+        chains: list[list[RawSite]] = []
+        chain_of: dict[str, int] = {}
+        for s in sites:
+            prev = self._stream_predecessor(s.skip, site_of_add)
+            if prev is not None and prev.add in chain_of:
+                idx = chain_of[prev.add]
+                chains[idx].append(s)
+            else:
+                idx = len(chains)
+                chains.append([s])
+            chain_of[s.add] = idx
+            s.stream = idx
+        for chain in chains:
+            self._blocks_of_chain(chain)
+            seen: dict[str, dict[str, int]] = {}
+            for s in chain:
+                per_block = seen.setdefault(s.block, {})
+                s.application = per_block.setdefault(s.block_call or s.add, len(per_block))
+
+    def _blocks_of_chain(self, chain: list[RawSite]) -> None:
+        start = chain[0].skip
+        while self.mg.target(start) in TRANSPARENT_OPS and len(self._data_args(start)) == 1:
+            start = self._data_args(start)[0]
+        start_calls = {c.key for c in self.calls.get(start, [])}
+        stacks = [self.calls.get(s.add, []) for s in chain]
+        k = 0
+        while True:
+            entries = [st[k].key if len(st) > k else None for st in stacks]
+            if entries[0] is None or len(set(entries)) > 1:
+                break
+            k += 1
+        common = stacks[0][:k]
+        entries = [st[k].key if len(st) > k else None for st in stacks]
+        chosen: list[Call | None]
+        if len(set(entries)) > 1:
+            level = [st[k] if len(st) > k else None for st in stacks]
+            classes = {c.cls for c in level if c is not None}
+            parent = common[-1] if common else None
+            if parent is not None and parent.key not in start_calls and (len(classes) > 1 or None in level):
+                chosen = [parent] * len(chain)
+            else:
+                chosen = [c if c is not None else self._branch_call(s) for s, c in zip(chain, level)]
+        else:
+            outer = next((c for c in common if c.key not in start_calls), None)
+            chosen = [outer if outer is not None else self._branch_call(s) for s in chain]
+        for s, c in zip(chain, chosen):
+            if c is not None:
+                s.block, s.block_call = c.fqn, c.key
+
+    def _branch_call(self, site: RawSite) -> Call | None:
+        """For an add written outside any block module: the outermost call computing the branch."""
+        add_keys = {c.key for c in self.calls.get(site.add, [])}
+        for b in site.branch_nodes:
+            for c in self.calls.get(self.producer(b), []):
+                if c.key not in add_keys:
+                    return c
+        return None
+
+    def _is_output_of(self, n: str, call: Call) -> bool:
+        if n in self.mg.outputs:
+            return True
+        return any(call.key not in {c.key for c in self.calls.get(u, [])} for u in self.g.successors(n))
+
+    def _branch_output(self, site: RawSite, b: str) -> str | None:
+        """The module whose output is this branch's contribution, skip excluded.
+
+        Walks back from the add through ops that are linear in the branch (views, dropout,
+        a constant or a LayerScale gain, ``0.5 * attn(x)``) to the innermost module call
+        that does not hold the add: scaling its output scales the branch and never the
+        skip.  None when the branch is computed by the add's own module (no module to hook).
+        """
+        add_keys = {c.key for c in self.calls.get(site.add, [])}
+        cur = b
+        for _ in range(64):
+            t = self.mg.target(cur)
+            args = self._data_args(cur)
+            if t in TRANSPARENT_OPS and len(args) == 1:
+                cur = args[0]
+                continue
+            inner = [c for c in self.calls.get(cur, []) if c.key not in add_keys]
+            if inner:
+                for c in reversed(inner):
+                    if self._is_output_of(cur, c):
+                        return c.fqn
+                return inner[0].fqn
+            node = self.mg.nodes[cur]
+            first = getattr(node.args[0], "name", None) if node.args else None
+            if t in SCALE_OPS and len(args) == 1 and (t.startswith("aten.mul") or args[0] == first):
+                cur = args[0]
+                continue
+            return None
+        return None
 
     def _split_parallel(self, skip: str, branch: str) -> list[str]:
         """NeoX writes ``mlp_out + attn_out + x``: the branch is itself an add of two branches."""
@@ -236,15 +421,12 @@ class StructureFinder:
         return None
 
     def _name_site(self, site: RawSite) -> None:
-        stack = self.mg.stack.get(site.add, [])
         producers = [self.producer(b) for b in site.branch_nodes]
-        block = self.block_of(stack)
-        if block is None:
-            block = self.block_of(self.mg.stack.get(producers[0], []))
-        site.output_modules = [self.mg.owner.get(p, "") for p in producers]
-        if block is None:
-            block = site.output_modules[0]
-        site.block = block
+        outputs = [self._branch_output(site, b) for b in site.branch_nodes]
+        site.output_modules = [o for o in outputs if o is not None]
+        if not site.block:
+            site.block = site.output_modules[0] if site.output_modules else self.mg.owner.get(site.add, "")
+        block = site.block
         branches = []
         for p, out_mod in zip(producers, site.output_modules):
             pstack = self.mg.stack.get(p, [])
