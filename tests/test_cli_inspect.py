@@ -45,3 +45,96 @@ def test_inspect_plan_missing_base_width_is_one_line(capsys):
     assert main(["inspect", "gpt", "--plan", "mup"]) == 2
     err = capsys.readouterr().err
     assert "base_width is required" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- issue 17, case 4 and 6
+
+USER_MODULE = '''
+from fxparam.models import GPT, GPTConfig
+
+
+def make(width=64, depth=2, vocab=256):
+    return GPT(GPTConfig(width=width, depth=depth, head_dim=16, vocab=vocab, seq_len=32))
+
+
+def make_fixed(width=64):
+    return GPT(GPTConfig(width=width, depth=2, head_dim=16, seq_len=32))
+'''
+
+
+def test_inspect_7b_llama_config_builds_on_meta(capsys):
+    pytest.importorskip("transformers")
+    argv = ["inspect", "hf:llama", "--width", "4096", "--depth", "32", "--heads", "32", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["width"] == 4096 and data["depth"] == 32
+    # 32 heads of 128: the option reached the config (the small config's head dim is 16)
+    assert {a["head_dim"] for a in data["attention"]} == {128}
+    # Llama-7B's MLP is 11008 wide; the small config scales 176/64 -> 11264
+    assert data["params"]["model.layers.0.mlp.gate_proj.weight"]["shape"] == [11264, 4096]
+
+
+def test_hf_factory_builds_on_meta_without_memory():
+    pytest.importorskip("transformers")
+    from fxparam.checks.targets import resolve
+
+    model = resolve("hf:llama", heads=32)(width=4096, depth=32, device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["hf:gpt2", "--vocab", "1000"], "transformer.wte.weight", [1000, 64]),
+        (["hf:gpt2", "--seq-len", "128"], "transformer.wpe.weight", [128, 64]),
+        (["hf:llama", "--vocab", "512"], "model.embed_tokens.weight", [512, 64]),
+        (["hf:bert", "--seq-len", "32"], "bert.embeddings.position_embeddings.weight", [32, 64]),
+    ],
+)
+def test_hf_options_are_honoured(argv, field, expected, capsys):
+    pytest.importorskip("transformers")
+    assert main(["inspect", *argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"][field]["shape"] == expected
+
+
+def test_hf_heads_and_head_dim_are_honoured(capsys):
+    pytest.importorskip("transformers")
+    assert main(["inspect", "hf:gpt_neox", "--heads", "2", "--json"]) == 0
+    assert {a["head_dim"] for a in json.loads(capsys.readouterr().out)["attention"]} == {32}
+    assert main(["inspect", "hf:llama", "--width", "128", "--head-dim", "64", "--json"]) == 0
+    assert {a["head_dim"] for a in json.loads(capsys.readouterr().out)["attention"]} == {64}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["hf:llama", "--mlp", "gelu"], "--mlp gelu is not available"),
+        (["hf:llama", "--norm", "layernorm"], "--norm layernorm is not available"),
+        (["hf:gpt2", "--pos", "rope"], "--pos rope is not available"),
+        (["hf:gpt2", "--no-bias"], "--no-bias is not available"),
+        (["hf:bert", "--parallel-residual"], "--parallel-residual is not available"),
+        (["hf:llama", "--heads", "3"], "not divisible into 3 heads"),
+    ],
+)
+def test_hf_options_that_cannot_be_honoured_are_refused(argv, message, capsys):
+    pytest.importorskip("transformers")
+    assert main(["inspect", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_user_factory_in_current_directory(tmp_path, monkeypatch, capsys):
+    import sys
+
+    (tmp_path / "h4_user_model.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    # the `fxparam` console script does not put the current directory on sys.path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "h4_user_model", raising=False)
+    assert main(["inspect", "h4_user_model:make", "--width", "32", "--vocab", "100", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["width"] == 32 and data["params"]["wte.weight"]["shape"] == [100, 32]
+    assert main(["inspect", "h4_user_model.py:make", "--depth", "3"]) == 0  # a file path works too
+    assert "depth 3" in capsys.readouterr().out
+    assert main(["inspect", "h4_user_model:make_fixed", "--vocab", "100"]) == 2  # option not honoured: loud
+    assert "takes no 'vocab' argument" in capsys.readouterr().err

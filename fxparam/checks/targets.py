@@ -1,81 +1,257 @@
 """Name a model on the command line: ``gpt``, ``hf:<arch>`` or ``module.path:factory``.
 
-A target resolves to a *factory* ``make(width=None, depth=None) -> nn.Module`` so the
-same name serves ``inspect`` (defaults) and the width/depth sweeps of coordinate checks.
+A target resolves to a *factory* ``make(width=None, depth=None, device=None) -> nn.Module``
+so the same name serves ``inspect`` (defaults, built on the meta device) and the width/depth
+sweeps of coordinate checks and transfer runs.
+
+Model options (``heads``, ``head_dim``, ``vocab``, ``seq_len``, ``mlp``, ``norm``, ``pos``,
+``parallel_residual``, ``tie_embeddings``, ``bias``) are honoured for every kind of target or
+refused with a :class:`~fxparam.errors.ConfigError` naming the option -- never silently dropped:
+
+- ``gpt``: fields of :class:`fxparam.models.GPTConfig`;
+- ``hf:<arch>``: mapped onto the architecture's config fields (``heads`` -> ``num_attention_heads``,
+  ``vocab`` -> ``vocab_size``, ...); an option the architecture fixes (Llama's SwiGLU, RMSNorm and
+  RoPE) is accepted when it names what the architecture already is and refused otherwise;
+- ``module.path:factory``: passed as keyword arguments when the factory accepts them.
+
+``module.path`` is imported with the current directory on ``sys.path`` (so ``mymodel:make``
+works for ``./mymodel.py`` from the ``fxparam`` script too), and ``path/to/file.py:make``
+loads a file directly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect as _inspect
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from fxparam.errors import ConfigError
 
 ModelFactory = Callable[..., nn.Module]
 
+#: Every model option the command line knows (``fxparam.cli._gpt_options``).
+MODEL_OPTIONS = (
+    "heads",
+    "head_dim",
+    "mlp",
+    "norm",
+    "pos",
+    "parallel_residual",
+    "tie_embeddings",
+    "bias",
+    "vocab",
+    "seq_len",
+)
+
+
+@contextlib.contextmanager
+def _on(device: str | torch.device | None) -> Iterator[None]:
+    if device is None:
+        yield
+    else:
+        with torch.device(device):
+            yield
+
 
 def _gpt_factory(options: dict[str, Any]) -> ModelFactory:
     from fxparam.models import GPT, GPTConfig
 
-    def make(width: int | None = None, depth: int | None = None) -> nn.Module:
+    def make(width: int | None = None, depth: int | None = None, device: str | torch.device | None = None) -> nn.Module:
         opts = dict(options)
         if width is not None:
             opts["width"] = width
         if depth is not None:
             opts["depth"] = depth
         try:
-            return GPT(GPTConfig(**opts))
+            cfg = GPTConfig(**opts)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad option for the built-in GPT: {exc}") from exc
+        with _on(device):
+            return GPT(cfg)
 
     return make
+
+
+#: What each Hugging Face architecture fixes: (mlp, norm, pos), fields for heads / kv heads,
+#: positions, and which boolean options it has a config field for.
+_HF_FIXED: dict[str, dict[str, Any]] = {
+    "gpt2": {"mlp": "gelu", "norm": "layernorm", "pos": "learned", "heads": ("n_head",),
+             "positions": "n_positions", "parallel_residual": None, "bias": None},
+    "llama": {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope",
+              "heads": ("num_attention_heads", "num_key_value_heads"), "positions": "max_position_embeddings",
+              "parallel_residual": None, "bias": ("attention_bias", "mlp_bias")},
+    "gpt_neox": {"mlp": "gelu", "norm": "layernorm", "pos": "rope", "heads": ("num_attention_heads",),
+                 "positions": "max_position_embeddings", "parallel_residual": "use_parallel_residual",
+                 "bias": None},
+    "bert": {"mlp": "gelu", "norm": "layernorm", "pos": "learned", "heads": ("num_attention_heads",),
+             "positions": "max_position_embeddings", "parallel_residual": None, "bias": None},
+}
+
+
+def hf_overrides(arch: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Config fields of ``hf:<arch>`` for the model options (all but ``heads``/``head_dim``).
+
+    Raises:
+        ConfigError: an option the architecture cannot express (e.g. ``--mlp gelu`` for Llama,
+            ``--no-bias`` for GPT-2), naming the option and what the architecture has.
+
+    Example:
+        >>> hf_overrides("llama", {"vocab": 32000, "seq_len": 4096, "mlp": "swiglu"})
+        {'vocab_size': 32000, 'max_position_embeddings': 4096}
+    """
+    from fxparam.models import hf
+
+    name = hf._ALIASES.get(arch, arch)
+    if name not in _HF_FIXED:
+        raise ConfigError(f"unknown Hugging Face architecture {arch!r}; choose one of {hf.architectures()}")
+    fixed = _HF_FIXED[name]
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None or key in ("heads", "head_dim"):
+            continue
+        if key in ("mlp", "norm", "pos"):
+            if value != fixed[key]:
+                raise ConfigError(
+                    f"hf:{arch}: --{key} {value} is not available: this architecture has {key} {fixed[key]!r} "
+                    "(use --model gpt to vary it)"
+                )
+        elif key == "vocab":
+            out["vocab_size"] = int(value)
+        elif key == "seq_len":
+            out[fixed["positions"]] = int(value)
+        elif key == "tie_embeddings":
+            out["tie_word_embeddings"] = bool(value)
+        elif key == "parallel_residual":
+            if fixed["parallel_residual"] is None:
+                raise ConfigError(f"hf:{arch}: --parallel-residual is not available for this architecture")
+            out[fixed["parallel_residual"]] = bool(value)
+        elif key == "bias":
+            if value:
+                continue
+            if fixed["bias"] is None:
+                raise ConfigError(f"hf:{arch}: --no-bias is not available: its config has no switch for biases")
+            out.update({f: False for f in fixed["bias"]})
+        else:
+            raise ConfigError(f"hf:{arch}: unknown model option {key!r}")
+    return out
 
 
 def _hf_factory(arch: str, options: dict[str, Any]) -> ModelFactory:
     from fxparam.models import hf
 
-    def make(width: int | None = None, depth: int | None = None) -> nn.Module:
-        base = hf.hf_config(arch, **options)
-        name = hf._ALIASES.get(arch, arch)
-        overrides = dict(options)
+    name = hf._ALIASES.get(arch, arch)
+    extra = hf_overrides(arch, options)  # refuses options the architecture cannot express, up front
+    heads, head_dim = options.get("heads"), options.get("head_dim")
+    if heads is not None and head_dim is not None:
+        raise ConfigError(f"hf:{arch}: give --heads or --head-dim, not both")
+
+    def make(width: int | None = None, depth: int | None = None, device: str | torch.device | None = None) -> nn.Module:
+        base = hf.hf_config(arch, **extra)
+        fields = hf.WIDTH_FIELDS[name]
+        heads_fields = _HF_FIXED[name]["heads"]
+        d0 = getattr(base, fields[0])
+        w = d0 if width is None else width
+        overrides = dict(extra)
+        if heads is not None:
+            n_heads = heads
+        elif head_dim is not None:
+            if w % head_dim:
+                raise ConfigError(f"hf:{arch}: width {w} is not a multiple of --head-dim {head_dim}")
+            n_heads = w // head_dim
+        else:  # the small config's head dim, heads grow with width
+            base_head_dim = d0 // getattr(base, heads_fields[0])
+            if w % base_head_dim:
+                raise ConfigError(f"hf:{arch}: width {w} is not a multiple of the head dim {base_head_dim}")
+            n_heads = w // base_head_dim
+        if w % n_heads:
+            raise ConfigError(f"hf:{arch}: width {w} is not divisible into {n_heads} heads")
+        for f in heads_fields:
+            overrides[f] = n_heads
+        if name == "llama":
+            overrides["head_dim"] = w // n_heads
         if width is not None:
-            fields = hf.WIDTH_FIELDS[name]
-            d0 = getattr(base, fields[0])
-            heads_field = "n_head" if name == "gpt2" else "num_attention_heads"
-            head_dim = d0 // getattr(base, heads_field)
-            if width % head_dim:
-                raise ConfigError(f"hf:{arch}: width {width} is not a multiple of the head dim {head_dim}")
             overrides[fields[0]] = width
-            overrides[heads_field] = width // head_dim
-            if name == "llama":
-                overrides["num_key_value_heads"] = width // head_dim
             for f in fields[1:]:
                 overrides[f] = getattr(base, f) * width // d0
         if depth is not None:
             overrides[hf.DEPTH_FIELDS[name]] = depth
-        return hf.hf_model(arch, **overrides)
+        return hf.hf_model(arch, device=device, **overrides)
 
     return make
 
 
-def _user_factory(spec: str) -> ModelFactory:
-    module_name, _, attr = spec.partition(":")
+def import_target(module_name: str) -> Any:
+    """Import ``module_name`` (a dotted name, or a ``.py`` file path) with the current directory importable.
+
+    Raises:
+        ConfigError: the module cannot be imported (the import error is in the message).
+    """
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise ConfigError(f"no such file {module_name!r}")
+        mod_name = f"_fxparam_user_{path.stem}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot load {module_name!r} as a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        sys.path.insert(0, os.fspath(path.resolve().parent))  # its own sibling imports
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[mod_name]
+            raise ConfigError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        return module
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # the `fxparam` script, unlike `python -m`, does not add it
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from exc
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+
+
+def user_factory_callable(spec: str) -> Callable[..., Any]:
+    """The callable named by ``module.path:factory`` (or ``file.py:factory``)."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model {spec!r}: write module.path:factory or path/to/file.py:factory")
+    try:
+        module = import_target(module_name)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (model {spec!r})") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConfigError(f"{spec!r}: {module_name} has no callable {attr!r}")
-    params = _inspect.signature(factory).parameters
-    takes = {k for k in ("width", "depth") if k in params}
+    return factory
 
-    def make(width: int | None = None, depth: int | None = None) -> nn.Module:
-        kwargs = {}
+
+def _user_factory(spec: str, options: dict[str, Any] | None = None) -> ModelFactory:
+    factory = user_factory_callable(spec)
+    params = _inspect.signature(factory).parameters
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    takes = {k for k in ("width", "depth", *MODEL_OPTIONS) if k in params or var_kw}
+    fixed = {k: v for k, v in (options or {}).items() if v is not None}
+    for key in fixed:
+        if key not in takes:
+            raise ConfigError(
+                f"{spec}: the factory takes no {key!r} argument, so --{key.replace('_', '-')} cannot be honoured"
+            )
+
+    def make(width: int | None = None, depth: int | None = None, device: str | torch.device | None = None) -> nn.Module:
+        kwargs = dict(fixed)
         for key, value in (("width", width), ("depth", depth)):
             if value is None:
                 continue
@@ -83,7 +259,8 @@ def _user_factory(spec: str) -> ModelFactory:
                 raise ConfigError(f"{spec}: the factory takes no {key!r} argument, so it cannot be swept over {key}")
             kwargs[key] = value
         try:
-            model = factory(**kwargs)
+            with _on(device):
+                model = factory(**kwargs)
         except TypeError as exc:
             raise ConfigError(f"calling {spec}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed: {exc}") from exc
         if not isinstance(model, nn.Module):
@@ -93,13 +270,28 @@ def _user_factory(spec: str) -> ModelFactory:
     return make
 
 
-def resolve(spec: str, **gpt_options: Any) -> ModelFactory:
-    """Factory for ``gpt`` (with GPTConfig options), ``hf:<arch>`` or ``module.path:factory``."""
-    gpt_options = {k: v for k, v in gpt_options.items() if v is not None}
+def resolve(spec: str, **options: Any) -> ModelFactory:
+    """Factory for ``gpt`` (GPTConfig options), ``hf:<arch>`` or ``module.path:factory``.
+
+    Args:
+        spec: the target name.
+        **options: model options (see the module docstring); None values are ignored.
+
+    Returns:
+        ``make(width=None, depth=None, device=None) -> nn.Module``; ``device="meta"`` builds
+        without memory (what ``fxparam inspect`` does).
+
+    Raises:
+        ConfigError: unknown target, an import failure, or an option the target cannot honour.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
     if spec == "gpt":
-        return _gpt_factory(gpt_options)
+        return _gpt_factory(options)
     if spec.startswith("hf:"):
-        return _hf_factory(spec[3:], {})
+        return _hf_factory(spec[3:], options)
     if ":" in spec:
-        return _user_factory(spec)
-    raise ConfigError(f"unknown model {spec!r}: use 'gpt', 'hf:<arch>' (gpt2, llama, gpt_neox, bert) or 'module.path:factory'")
+        return _user_factory(spec, options)
+    raise ConfigError(
+        f"unknown model {spec!r}: use 'gpt', 'hf:<arch>' (gpt2, llama, gpt_neox, bert), "
+        "'module.path:factory' or 'path/to/file.py:factory'"
+    )

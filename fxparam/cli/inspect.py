@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = args.target or args.model
     make = resolve(spec, **gpt_options(args))
-    model = make(width=args.width, depth=args.depth)
+    model = _build_on_meta(make, args.width, args.depth)
     if args.plan is None:
         analysis = fxparam.inspect(model)
         print(analysis.to_json() if args.json else analysis)
@@ -49,3 +49,16 @@ def run(args: argparse.Namespace) -> int:
     plan = fxparam.plan(model, args.plan, **kwargs)
     print(plan.to_json() if args.json else plan.summary())
     return 0
+
+
+def _build_on_meta(make, width, depth):
+    """The model on the meta device (no memory: a 7B config inspects in seconds); a factory
+    that cannot build there (e.g. it loads weights) is built normally."""
+    from fxparam.errors import FxparamError
+
+    try:
+        return make(width=width, depth=depth, device="meta")
+    except FxparamError:
+        raise
+    except Exception:
+        return make(width=width, depth=depth)
