@@ -372,16 +372,18 @@ class StructureFinder:
         add_keys = {c.key for c in self.calls.get(site.add, [])}
         cur = b
         for _ in range(64):
+            walked = [cur]  # through shape-only ops first: prefer the Linear over a Dropout module
+            while self.mg.target(cur) in TRANSPARENT_OPS and len(self._data_args(cur)) == 1:
+                cur = self._data_args(cur)[0]
+                walked.append(cur)
+            for n in reversed(walked):
+                for c in reversed([c for c in self.calls.get(n, []) if c.key not in add_keys]):
+                    if self._is_output_of(n, c):
+                        return c.fqn
             t = self.mg.target(cur)
             args = self._data_args(cur)
-            if t in TRANSPARENT_OPS and len(args) == 1:
-                cur = args[0]
-                continue
             inner = [c for c in self.calls.get(cur, []) if c.key not in add_keys]
             if inner:
-                for c in reversed(inner):
-                    if self._is_output_of(cur, c):
-                        return c.fqn
                 return inner[0].fqn
             node = self.mg.nodes[cur]
             first = getattr(node.args[0], "name", None) if node.args else None

@@ -45,7 +45,7 @@ def _validate(model: nn.Module, plan: Plan) -> None:
             owner = modules.get(site.attr_module or name)
             if owner is None or not isinstance(getattr(owner, site.attr, None), float):
                 raise LoweringError(f"attention module {site.attr_module or name!r} has no float attribute {site.attr!r}")
-        elif site.kind != "sdpa":
+        elif site.kind != "sdpa" and site.scale != site.previous:  # an unchanged scale needs no setting
             raise LoweringError(
                 f"cannot set the attention logit scale of {name!r}: it computes attention by hand and keeps "
                 "its scale in no attribute fxparam knows. Pass attention='sp' in the config to keep "
@@ -108,7 +108,7 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
     for name, site in plan.attention.items():
         if site.attr is not None:
             setattr(modules[site.attr_module or name], site.attr, float(site.scale))
-        else:
+        elif site.kind == "sdpa":
             from fxparam.lowering import _sdpa
 
             _sdpa.install()

@@ -1,21 +1,87 @@
-"""Depth-scaled residual branches on their own: branch outputs times 1/m_L**alpha."""
+"""Depth-scaled residual branches: each branch's contribution times 1/m_L**alpha.
+
+Shared by CompleteP (``fxparam.passes.width``) and :class:`~fxparam.configs.DepthScaled`.
+The multiplier sits on the module whose output *is* the branch's contribution (after any
+in-block factor such as ``0.5 * attn(x)`` or a LayerScale gain), never on a module whose
+output includes the skip, and it is set once per module: a block module applied n times
+gets its factor on every call, not n times compounded.  Each residual stream has its own
+depth (an encoder-decoder's encoder and decoder stacks), so its own ``m_L``.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 from fxparam.analysis.facts import Analysis
 from fxparam.configs import DepthScaled
+from fxparam.errors import AnalysisError
 from fxparam.passes._registry import register_pass
 from fxparam.plan import Plan
 
 
+def scale_branches(analysis: Analysis, plan: Plan, base_depth: int, alpha: float, who: str) -> float:
+    """Put ``1 / m_L**alpha`` on every residual branch of ``analysis`` (CompleteP Table: residual branch).
+
+    Args:
+        analysis: the model's structure; ``analysis.stream_depths`` gives each stream's depth.
+        plan: the plan to add the multipliers to (``plan.multiply``).
+        base_depth: L_base, the depth of the tuned base model.
+        alpha: the depth exponent (1 CompleteP, 0.5 depth-muP).
+        who: the config's name, for messages.
+
+    Returns:
+        ``m_L = depth / base_depth`` of the deepest stream (``Plan.m_L``).
+
+    Raises:
+        AnalysisError: a residual branch is computed inline by the module that adds it (no
+            module whose output is the branch alone), or one module is the branch output
+            of two streams with different depths; the message names the block and the fix.
+    """
+    depths = analysis.stream_depths or [analysis.depth]
+    factors: dict[str, float] = {}
+    for site in analysis.residuals:
+        if not site.output_modules:
+            raise AnalysisError(
+                f"{who}: the residual branch added in {site.block!r} is computed inline by the module that "
+                "adds it, so no module's output is the branch alone and the depth multiplier cannot be put "
+                "on the branch without also scaling the skip. Move the branch's last op into a submodule "
+                "(e.g. an nn.Linear or a small nn.Module), or use a width-only config ('mup')."
+            )
+        m_L = depths[site.stream] / base_depth if site.stream < len(depths) else analysis.depth / base_depth
+        factor = 1.0 / m_L**alpha
+        for module in site.output_modules:
+            if module in factors and abs(factors[module] - factor) > 1e-12 * factor:
+                raise AnalysisError(
+                    f"{who}: module {module!r} is the branch output of residual streams of different depths "
+                    f"(multipliers {factors[module]:.4g} and {factor:.4g}); give each stream its own module."
+                )
+            factors[module] = factor
+    for module, factor in factors.items():
+        plan.multiply(module, factor)
+    if len(set(depths)) > 1:
+        msg = (
+            f"{who}: residual streams of different depths {depths} (e.g. encoder and decoder): each "
+            "stream's branches get 1/m_L^alpha with its own m_L; per-parameter LR/eps depth factors use "
+            f"the deepest stream's m_L = {max(depths)}/{base_depth}"
+        )
+        plan.notes.append(msg)
+        warnings.warn(msg, stacklevel=3)
+    shared = [r.block for r in analysis.residuals if r.application > 0]
+    if shared:
+        plan.notes.append(
+            f"{who}: block {shared[0]!r} is applied {1 + max(r.application for r in analysis.residuals)} times "
+            "(shared weights): each application is one residual block of the depth, and its branch "
+            "multiplier applies once per call"
+        )
+    return max(depths) / base_depth
+
+
 @register_pass(DepthScaled)
 def depth_scaled_pass(analysis: Analysis, cfg: DepthScaled, plan: Plan) -> Plan:
+    """Residual branches times ``1/m_L**alpha`` on their own (no width rules)."""
     if analysis.depth == 0:
         plan.notes.append("DepthScaled: no residual blocks found: nothing to scale")
         return plan
-    m_L = analysis.depth / cfg.base_depth
-    plan.m_L, plan.base_depth, plan.alpha = m_L, cfg.base_depth, cfg.alpha
-    for site in analysis.residuals:
-        for module in site.output_modules:
-            plan.multiply(module, 1.0 / m_L**cfg.alpha)
+    plan.m_L = scale_branches(analysis, plan, cfg.base_depth, cfg.alpha, "DepthScaled")
+    plan.base_depth, plan.alpha = cfg.base_depth, cfg.alpha
     return plan

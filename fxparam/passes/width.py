@@ -10,6 +10,7 @@ with width, as in ``MuReadout``).
 from __future__ import annotations
 
 import math
+import warnings
 
 from fxparam.analysis.facts import Analysis
 from fxparam.configs import SP, CompleteP, MuP
@@ -106,16 +107,30 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
             )
 
     if depth_rules and analysis.depth:
-        for site in analysis.residuals:
-            for module in site.output_modules:
-                plan.multiply(module, 1.0 / m_L**alpha)
+        from fxparam.passes.depth import scale_branches
+
+        scale_branches(analysis, plan, cfg.base_depth, alpha, type(cfg).__name__)
 
     if cfg.attention == "mup":
         for site in analysis.attention:
+            if site.scale is None:  # a softmax over q.k whose scale was not found: loud, never silent
+                msg = (
+                    f"{type(cfg).__name__}: attention in {site.module!r} (softmax over q.k) keeps its logit "
+                    "scale where fxparam cannot find it, so the muP attention rule is NOT applied there. "
+                    "Pass attention='sp' to accept that, or keep the scale in a float attribute of the "
+                    "module (`scaling`) that its forward uses."
+                )
+                plan.notes.append(msg)
+                warnings.warn(msg, stacklevel=3)
+                continue
             base_head_dim = cfg.base_head_dim or site.head_dim
             a_attn = cfg.attn_multiplier if cfg.attn_multiplier is not None else math.sqrt(base_head_dim)
+            # muP logit scale a_attn/d_head against SP's 1/sqrt(d_head), applied as a RATIO to the
+            # model's own scale: per-layer factors (GPT-2's 1/layer, T5's 1.0) survive, and at the
+            # base head dim the ratio is 1 (the transformed model equals the original).
+            ratio = a_attn / site.head_dim * math.sqrt(site.head_dim)
             plan.attention[site.module] = AttentionPlan(
-                scale=a_attn / site.head_dim,
+                scale=site.scale * ratio,
                 previous=site.scale,
                 head_dim=site.head_dim,
                 attr=site.scale_attr,
@@ -125,7 +140,8 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
         if analysis.attention and cfg.base_head_dim is None and cfg.attn_multiplier is None:
             plan.notes.append(
                 "attention: logit scale sqrt(d_head_base)/d_head with d_head_base = the model's head dim "
-                "(heads grow with width); pass base_head_dim= if the head dim grows instead"
+                "(heads grow with width); pass base_head_dim= if the head dim grows instead. Applied as "
+                "the ratio to 1/sqrt(d_head) times each layer's own scale"
             )
     plan.notes.append(
         f"{type(cfg).__name__}: m_d = {analysis.width}/{cfg.base_width} = {m_d:.4g}"
