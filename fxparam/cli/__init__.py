@@ -1,7 +1,9 @@
 """The ``fxparam`` command line: one sub-command per module in this package.
 
 Each sub-command module exposes ``register(subparsers)`` which adds its parser and
-sets ``func`` (taking the parsed namespace, returning an exit code).  Errors from
+sets ``func`` (taking the parsed namespace, returning an exit code).  Sub-command
+modules import nothing heavy at module level (torch, matplotlib, transformers load
+inside ``func``), so ``fxparam --help`` stays fast.  Errors from
 the ``FxparamError`` hierarchy become one-line messages, not tracebacks.
 """
 
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fxparam",
         description="Make a PyTorch model train well at any size (muP, CompleteP, SuPar, GNS).",
     )
+    parser.add_argument("--version", action="version", version=f"fxparam {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
         try:
@@ -32,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
+
+
+def _version() -> str:
+    import fxparam
+
+    return str(getattr(fxparam, "__version__", "unknown"))
 
 
 def main(argv: list[str] | None = None) -> int:
