@@ -14,8 +14,8 @@ mutation and restores it on any exception:
   ``RemovableHandle``s and other references to those containers stay valid;
 - every Parameter and buffer: same object (identity), same values (bit-identical),
   same ``requires_grad``, same tensor-level gradient hooks (``_backward_hooks``);
-- fxparam's process-wide optimizer watch list (:mod:`fxparam.optim`) for the model's
-  Parameters.
+- fxparam's process-wide optimizer-check tables (``fxparam.plan.PLANNED_PARAMS`` /
+  ``PLANNED_LR_MULT``) for the model's Parameters.
 
 Cost: one clone of every non-meta parameter and buffer while the lowering runs (the
 values are restored from it); meta-device models cost nothing.
@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from fxparam.errors import FxparamError, LoweringError
 
 __all__ = ["Snapshot", "all_or_nothing"]
 
@@ -69,9 +71,9 @@ class Snapshot:
                     saved = t.detach().clone()
                 hooks = getattr(t, "_backward_hooks", None)
                 self.tensors.append((t, saved, t.requires_grad, None if hooks is None else dict(hooks)))
-        from fxparam import optim
+        from fxparam.plan import PLANNED_PARAMS
 
-        self._watched = {id(t) for t, *_ in self.tensors if id(t) in optim._EXPECTED}
+        self._watched = {id(t) for t, *_ in self.tensors if id(t) in PLANNED_PARAMS}
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -87,7 +89,7 @@ class Snapshot:
                 if key in containers:
                     value.clear()
                     value.update(containers[key])
-        from fxparam import optim
+        from fxparam.plan import PLANNED_LR_MULT, PLANNED_PARAMS
 
         for t, saved, requires_grad, hooks in self.tensors:
             if saved is not None and (t.shape != saved.shape or not torch.equal(t.detach(), saved)):
@@ -105,8 +107,8 @@ class Snapshot:
                 current.clear()
                 current.update(hooks)
             if id(t) not in self._watched:
-                optim._EXPECTED.pop(id(t), None)
-                optim._LR_MULT.pop(id(t), None)
+                PLANNED_PARAMS.pop(id(t), None)
+                PLANNED_LR_MULT.pop(id(t), None)
 
 
 @contextmanager
@@ -119,7 +121,9 @@ def all_or_nothing(model: nn.Module, *, values: bool = True) -> Iterator[Snapsho
             or masks weights).
 
     Raises:
-        Whatever the block raised, after the restore.
+        FxparamError: what the block raised, after the restore.
+        LoweringError: any other exception of the block, after the restore (the original as
+            ``__cause__``).
 
     Example:
         >>> with all_or_nothing(model):
@@ -128,6 +132,17 @@ def all_or_nothing(model: nn.Module, *, values: bool = True) -> Iterator[Snapsho
     snapshot = Snapshot(model, values=values)
     try:
         yield snapshot
+    except FxparamError:
+        snapshot.restore()
+        raise
+    except Exception as exc:
+        snapshot.restore()
+        raise LoweringError(
+            f"fxparam could not lower the plan onto {type(model).__name__}: {type(exc).__name__}: {exc}. "
+            "The model was restored unchanged (values, Parameters, classes, hooks); nothing was recorded. "
+            "Check the plan (fxparam.plan(model, ...).summary()) for the parameter or module named above, "
+            "and override its role or report the model."
+        ) from exc
     except BaseException:
         snapshot.restore()
         raise

@@ -1,0 +1,473 @@
+"""Verify a lowering against its plan, on the transformed model itself.
+
+A right plan is worth nothing if the running model does something else.  :func:`verify`
+checks, site by site, that what the Plan says is what the model computes:
+
+- **forward multipliers** (embedding alpha_in, readout alpha_out/m_d, residual branch
+  1/m_L^alpha; ``Plan.multipliers``): the fxparam state on the module (``ScaledLinear``
+  factors, ``OutputScale``/``InputScale`` hooks) multiplies to the planned factor, and -
+  probed on one real forward - the module's output equals ``out * f(in * x)`` where
+  ``f`` is the module's own forward without fxparam.  The realized factor is the
+  least-squares ratio ``<y, y0> / <y0, y0>`` of the output to the unscaled output ``y0``;
+- **attention logit scales** (``Plan.attention``): the planned attribute holds the
+  planned scale, and every ``scaled_dot_product_attention`` call made inside the module
+  during the probe (seen by a :class:`torch.overrides.TorchFunctionMode`, however SDPA was
+  imported) runs with the planned scale (``scale`` or ``1/sqrt(head_dim)`` if None);
+- **nothing else changed**: no module outside the plan carries fxparam state;
+- **re-initialised weights** (``init=True``, right after a transform): each re-drawn
+  parameter's RMS is within ``6 / sqrt(2 n)`` (relative) of its planned std (n =
+  number of kept entries, masked ones excluded), ``init="zeros"`` parameters are zero.
+
+Reference: the multiplier tables of Yang et al. 2021 (muP, Table 3/8) and Dey et al.
+2025 (CompleteP, Table 1) are what the Plan holds; this module only checks the lowering.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from fxparam.errors import FxparamError, LoweringError
+
+__all__ = ["SiteCheck", "VerifyReport", "verify"]
+
+#: Relative tolerance of a probed output against ``out * f(in * x)`` (fp32 reassociation of the scaling).
+PROBE_RTOL = 1e-4
+
+
+class SiteCheck(BaseModel):
+    """One check of one site.
+
+    Attributes:
+        site: module FQN (``input:<fqn>`` for an input multiplier), or parameter FQN for init.
+        kind: "multiplier", "attention", "untouched" (no fxparam state outside the plan) or "init".
+        planned: the planned factor / scale / std.
+        realized: what the model does (probed) or holds (state); None if not measurable.
+        how: "probe" (measured on a forward) or "state" (read from the module).
+        ok: whether realized matches planned.
+        detail: why not, or what was compared.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: str
+    kind: Literal["multiplier", "attention", "untouched", "init"]
+    planned: float | None = None
+    realized: float | None = None
+    how: Literal["probe", "state"] = "state"
+    ok: bool = True
+    detail: str = ""
+
+
+class VerifyReport(BaseModel):
+    """The result of :func:`verify`: one :class:`SiteCheck` per site.
+
+    Attributes:
+        model_class: class name of the verified model.
+        probed: whether a real forward was run (False on the meta device or with probe=False).
+        checks: every check made.
+        notes: what could not be checked and why.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_class: str
+    probed: bool = False
+    checks: list[SiteCheck] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[SiteCheck]:
+        return [c for c in self.checks if not c.ok]
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.6g}"
+
+        head = (f"fxparam.verify({self.model_class}): {len(self.checks)} checks, {len(self.failures)} failed"
+                f" ({'probed on a forward' if self.probed else 'state only, no forward'})")
+        rows = [f"  {'FAIL' if not c.ok else 'ok  '} {c.kind:<10} {c.site:<40} planned {fmt(c.planned):>10}"
+                f"  realized {fmt(c.realized):>10}  [{c.how}]" + (f"  {c.detail}" if not c.ok and c.detail else "")
+                for c in self.checks]
+        return "\n".join([head, *rows, *(f"  note: {n}" for n in self.notes)])
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`~fxparam.LoweringError` naming every failed site, planned vs realized."""
+        if self.ok:
+            return
+        lines = [f"{c.kind} at {c.site!r}: planned {c.planned}, realized {c.realized} ({c.how}); {c.detail}"
+                 for c in self.failures]
+        raise LoweringError(
+            f"fxparam.verify: the lowered {self.model_class} does not realize its plan at {len(lines)} site(s):\n  "
+            + "\n  ".join(lines)
+        )
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _state_factors(module: nn.Module) -> tuple[float, float, float | None, bool]:
+    """(output factor, input factor, pushed SDPA scale, has any fxparam state) held by ``module``."""
+    from fxparam.lowering._hooks import InputScale, OutputScale, PushScale, ScaledLinear
+
+    out = inp = 1.0
+    pushed = None
+    any_state = False
+    if isinstance(module, ScaledLinear):
+        out *= module.fxparam_out
+        inp *= module.fxparam_in
+        any_state = True
+    for hook in module._forward_hooks.values():
+        if isinstance(hook, OutputScale):
+            out *= hook.factor
+            any_state = True
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, InputScale):
+            inp *= hook.factor
+            any_state = True
+        elif isinstance(hook, PushScale):
+            pushed = hook.scale
+            any_state = True
+    any_state = any_state or any(getattr(h, "fxparam_hook", False) for h in module._forward_hooks.values())
+    return out, inp, pushed, any_state
+
+
+def _close(a: float, b: float, rtol: float = 1e-6) -> bool:
+    return math.isclose(a, b, rel_tol=rtol, abs_tol=0.0) if math.isfinite(a) and math.isfinite(b) else a == b
+
+
+# --------------------------------------------------------------------------- probe
+
+
+class _SDPARecorder(torch.overrides.TorchFunctionMode):
+    """Records the effective logit scale of every SDPA call made while it is active."""
+
+    def __init__(self, sink: list[float]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.nn.functional.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention):
+            query = args[0] if args else kwargs["query"]
+            scale = kwargs.get("scale", args[6] if len(args) > 6 else None)
+            self.sink.append(float(scale) if scale is not None else 1.0 / math.sqrt(query.size(-1)))
+        return func(*args, **kwargs)
+
+
+class _EnterMode:
+    def __init__(self, modes: dict[str, list[Any]], name: str, sink: list[float]) -> None:
+        self.modes, self.name, self.sink = modes, name, sink
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        mode = _SDPARecorder(self.sink)
+        mode.__enter__()
+        self.modes.setdefault(self.name, []).append(mode)
+
+
+class _ExitMode:
+    def __init__(self, modes: dict[str, list[Any]], name: str) -> None:
+        self.modes, self.name = modes, name
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+        stack = self.modes.get(self.name)
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def _plain_forward(module: nn.Module) -> Any:
+    """The module's own forward without fxparam (the class below ``ScaledLinear`` / GNS swaps)."""
+    from fxparam.lowering._hooks import ScaledLinear
+
+    cls = type(module)
+    if issubclass(cls, ScaledLinear):
+        cls = nn.Linear
+    return cls.forward.__get__(module)
+
+
+def _probe_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
+    from fxparam.capture import _split_inputs, default_example_inputs
+
+    args, kwargs = default_example_inputs(model) if example_inputs is None else _split_inputs(example_inputs)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    vocab = min((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)), default=None)
+    gen = torch.Generator().manual_seed(0)
+
+    def fix(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        if example_inputs is None and vocab and t.dtype == torch.long and not t.any():
+            t = torch.randint(0, vocab, t.shape, generator=gen)  # zeros make every position alike
+        return t.to(device)
+
+    return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: Any) -> None:
+    from fxparam.passes.width import INPUT
+
+    modules = dict(model.named_modules())
+    sites = sorted({k[len(INPUT):] if k.startswith(INPUT) else k for k in plan.multipliers})
+    seen_in: dict[str, tuple[tuple, dict]] = {}
+    seen_out: dict[str, Any] = {}
+    sdpa: dict[str, list[float]] = {name: [] for name in plan.attention}
+    modes: dict[str, list[Any]] = {}
+    handles = []
+
+    def pre(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if name not in seen_in:  # a copy: the model may write into its activations later
+                clone = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
+                seen_in[name] = (tuple(clone(a) for a in args), {k: clone(v) for k, v in kwargs.items()})
+
+        return hook
+
+    def post(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            seen_out.setdefault(name, output)
+
+        return hook
+
+    try:
+        for name in sites:
+            handles.append(modules[name].register_forward_pre_hook(pre(name), with_kwargs=True, prepend=True))
+            handles.append(modules[name].register_forward_hook(post(name)))
+        for name in plan.attention:
+            handles.append(modules[name].register_forward_pre_hook(_EnterMode(modes, name, sdpa[name])))
+            handles.append(modules[name].register_forward_hook(_ExitMode(modes, name), always_call=True))
+        training = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            args, kwargs = _probe_inputs(model, example_inputs)
+            model(*args, **kwargs)
+        finally:
+            for m, flag in training.items():
+                m.training = flag
+    except FxparamError as exc:
+        report.checks.append(SiteCheck(site=type(model).__name__, kind="multiplier", how="probe", ok=False,
+                                       detail=f"the transformed model's forward raised: {exc}"))
+        return
+    finally:
+        for stack in modes.values():
+            while stack:
+                stack.pop().__exit__(None, None, None)
+        for h in handles:
+            h.remove()
+    report.probed = True
+
+    for name in sites:
+        planned_out = plan.multipliers.get(name, 1.0)
+        planned_in = plan.multipliers.get(INPUT + name, 1.0)
+        planned = planned_out * planned_in
+        label = name if planned_in == 1.0 else (INPUT + name if planned_out == 1.0 else f"{name} (input x output)")
+        if name not in seen_in:
+            report.notes.append(f"{name} was not called by the probe forward: multiplier checked on state only")
+            continue
+        args, kwargs = seen_in[name]
+        y = _first_tensor(seen_out[name])
+        forward = _plain_forward(modules[name])
+        y0 = _first_tensor(forward(*args, **kwargs))
+        if planned_in != 1.0:
+            scaled = (args[0] * planned_in, *args[1:]) if args else args
+            expected = _first_tensor(forward(*scaled, **kwargs))
+        else:
+            expected = y0
+        if y is None or y0 is None or expected is None:
+            report.checks.append(SiteCheck(site=label, kind="multiplier", planned=planned, how="probe", ok=False,
+                                           detail="its output is not a tensor, so a multiplier cannot apply"))
+            continue
+        expected = expected.float() * planned_out
+        y, y0 = y.float(), y0.float()
+        denom = float((y0 * y0).sum())
+        realized = float((y * y0).sum()) / denom if denom > 0 else float("nan")
+        scale = float(expected.abs().max()) or 1.0
+        err = float((y - expected).abs().max()) / scale
+        ok = bool(torch.isfinite(y).all()) and err <= PROBE_RTOL
+        if planned_in == 1.0 or ok:
+            shown = realized if planned_in == 1.0 else planned * (float((y * expected).sum()) /
+                                                                  max(float((expected * expected).sum()), 1e-30))
+        else:
+            shown = realized
+        report.checks.append(SiteCheck(
+            site=label, kind="multiplier", planned=planned, realized=shown, how="probe", ok=ok,
+            detail=f"max |y - planned * f(x)| / max|planned * f(x)| = {err:.3g}",
+        ))
+
+    for name, site in plan.attention.items():
+        calls = sdpa[name]
+        if not calls:
+            if site.attr is None:
+                report.checks.append(SiteCheck(
+                    site=name, kind="attention", planned=site.scale, how="probe", ok=False,
+                    detail="no scaled_dot_product_attention call was seen inside the module, so the planned "
+                           "scale cannot be in effect",
+                ))
+            else:
+                report.notes.append(f"{name}: no SDPA call seen (hand-written attention); scale checked on "
+                                    f"the attribute {site.attr!r} only")
+            continue
+        bad = [s for s in calls if not _close(s, site.scale, 1e-6)]
+        report.checks.append(SiteCheck(
+            site=name, kind="attention", planned=site.scale, realized=bad[0] if bad else calls[0], how="probe",
+            ok=not bad,
+            detail=(f"{len(bad)} of {len(calls)} SDPA calls ran with scale {bad[0]:.6g}: SDPA is probably imported "
+                    "by name or called through a path fxparam does not override; give the module a float "
+                    "`scaling`/`scale` attribute its forward passes to SDPA, or pass attention='sp'")
+            if bad else f"{len(calls)} SDPA call(s)",
+        ))
+
+
+# --------------------------------------------------------------------------- init
+
+
+@torch.no_grad()
+def _check_init(model: nn.Module, plan: Any, report: VerifyReport) -> None:
+    names = dict(model.named_parameters(remove_duplicate=False))
+    masks: dict[str, torch.Tensor] = {}
+    if plan.masks:
+        from fxparam.lowering.masks import masks_of
+
+        masks = masks_of(model)
+    for fqn, p in plan.params.items():
+        if p.tied_to or p.init == "keep" or fqn not in names:
+            continue
+        t = names[fqn]
+        if t.device.type == "meta":
+            report.notes.append("init not checked: the model is on the meta device")
+            return
+        values = t.detach().float()
+        if fqn in masks:
+            values = values[masks[fqn].to(values.device).bool()]
+        if p.init == "zeros":
+            realized = float(values.abs().max()) if values.numel() else 0.0
+            report.checks.append(SiteCheck(site=fqn, kind="init", planned=0.0, realized=realized, ok=realized == 0.0,
+                                           detail="planned init zeros"))
+            continue
+        n = values.numel()
+        if p.init_std is None or n < 16:
+            continue
+        realized = float(values.pow(2).mean().sqrt())
+        band = 6.0 / math.sqrt(2 * n) + 1e-3
+        ok = abs(realized / p.init_std - 1.0) <= band if p.init_std > 0 else realized == 0.0
+        report.checks.append(SiteCheck(site=fqn, kind="init", planned=p.init_std, realized=realized, ok=ok,
+                                       detail=f"RMS of {n} entries, band +-{band:.3g} relative"))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def verify(
+    model: nn.Module,
+    *,
+    example_inputs: Any = None,
+    init: bool = False,
+    probe: bool = True,
+    raise_on_failure: bool = False,
+) -> VerifyReport:
+    """Check that a transformed model realizes its plan, site by site.
+
+    Args:
+        model: an eager-transformed model (``fxparam.transform(..., lowering="eager")``),
+            or one wrapped in DDP / ``torch.compile``.
+        example_inputs: inputs for the probe forward (as for ``fxparam.inspect``); optional for
+            the reference GPT and HF models.  Token ids of zeros are replaced by random ids.
+        init: also check that re-initialised weights have their planned std (right after a
+            transform with ``init=True``; trained weights have moved away from it).
+        probe: run one forward (eval mode, no grad) to measure realized multipliers and
+            attention scales; False (and always on the meta device) checks module state only.
+        raise_on_failure: raise instead of returning a failed report.
+
+    Returns:
+        A :class:`VerifyReport` (print it for a table; ``report.ok``, ``report.failures``).
+
+    Raises:
+        LoweringError: the model was never transformed; or, with ``raise_on_failure``, a site
+            whose realized factor/scale differs from the plan (naming site, planned, realized).
+
+    Example:
+        >>> model = fxparam.transform(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32)
+        >>> print(fxparam.verify(model))  # doctest: +ELLIPSIS
+        fxparam.verify(GPT): ... checks, 0 failed (probed on a forward)
+        ...
+    """
+    from fxparam.passes.width import INPUT
+    from fxparam.plan import plan_of, unwrap
+
+    model = unwrap(model)
+    plan = plan_of(model)
+    report = VerifyReport(model_class=type(model).__name__)
+    modules = dict(model.named_modules())
+    planned_modules = {k[len(INPUT):] if k.startswith(INPUT) else k for k in plan.multipliers}
+
+    # state: the factors each module holds
+    for name, module in modules.items():
+        out, inp, pushed, any_state = _state_factors(module)
+        planned_out = plan.multipliers.get(name, 1.0)
+        planned_in = plan.multipliers.get(INPUT + name, 1.0)
+        if name in planned_modules:
+            if name in plan.multipliers:
+                report.checks.append(SiteCheck(site=name, kind="multiplier", planned=planned_out, realized=out,
+                                               ok=_close(out, planned_out), detail="output factor held by the module"))
+            if INPUT + name in plan.multipliers:
+                report.checks.append(SiteCheck(site=INPUT + name, kind="multiplier", planned=planned_in,
+                                               realized=inp, ok=_close(inp, planned_in),
+                                               detail="input factor held by the module"))
+        elif any_state and name not in plan.attention:
+            report.checks.append(SiteCheck(site=name, kind="untouched", planned=1.0, realized=out * inp, ok=False,
+                                           detail="carries fxparam scaling but is not in the plan"))
+        if name in plan.attention:
+            site = plan.attention[name]
+            if site.attr is not None:
+                owner = modules.get(site.attr_module or name)
+                held = getattr(owner, site.attr, None) if owner is not None else None
+                realized = float(held) if isinstance(held, (int, float)) else None
+                report.checks.append(SiteCheck(
+                    site=name, kind="attention", planned=site.scale, realized=realized,
+                    ok=realized is not None and _close(realized, site.scale),
+                    detail=f"attribute {(site.attr_module or name)}.{site.attr}",
+                ))
+            else:
+                report.checks.append(SiteCheck(
+                    site=name, kind="attention", planned=site.scale, realized=pushed,
+                    ok=pushed is not None and _close(pushed, site.scale), detail="SDPA scale set by a pre-hook",
+                ))
+    missing = sorted(planned_modules - set(modules))
+    for name in missing:
+        report.checks.append(SiteCheck(site=name, kind="multiplier", ok=False, detail="module not in the model"))
+
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
+    if probe and not on_meta:
+        try:
+            _probe(model, plan, report, example_inputs)
+        except FxparamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a transformed model that does not run is a failed check
+            report.checks.append(SiteCheck(site=type(model).__name__, kind="multiplier", how="probe", ok=False,
+                                           detail=f"the probe forward raised {type(exc).__name__}: {exc}"))
+    elif on_meta:
+        report.notes.append("on the meta device: no probe forward, module state checked only")
+    if init:
+        _check_init(model, plan, report)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report

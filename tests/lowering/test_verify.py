@@ -1,0 +1,207 @@
+"""Verify after lowering (issue 14, item 1): the running model realizes its plan, or the transform is refused.
+
+Expected values come from first principles: SDPA's default logit scale is 1/sqrt(d_head),
+the muP scale with base head dim b is sqrt(b)/d_head (Tensor Programs V), a depth
+multiplier of CompleteP (alpha=1) is base_depth/depth.  Every positive check has a
+negative control (a tampered model must fail the same check).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxparam
+from fxparam.lowering._hooks import OutputScale
+from fxparam.lowering.verify import verify
+from fxparam.models.gpt import GPT, GPTConfig
+
+SDPA_BY_NAME = torch._C._nn.scaled_dot_product_attention  # what `from torch.nn.functional import ...` binds
+
+
+def _gpt(width: int = 32) -> nn.Module:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(width=width, depth=2, heads=2, vocab=256, seq_len=32))
+
+
+def _snapshot(model: nn.Module) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, m in model.named_modules():
+        out[name] = (type(m), len(m._forward_hooks), len(m._forward_pre_hooks), sorted(m.__dict__))
+    for name, p in model.named_parameters():
+        out["p:" + name] = (id(p), p.detach().clone())
+    return out
+
+
+def _same(a: dict[str, object], b: dict[str, object]) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if k.startswith("p:"):
+            if x[0] != y[0] or not torch.equal(x[1], y[1]):  # type: ignore[index]
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def test_transformed_gpt_realizes_every_planned_site() -> None:
+    model = fxparam.transform(_gpt(), "completep", base_width=16, base_depth=1, base_head_dim=8)
+    plan = fxparam.plan_of(model)
+    report = verify(model, init=True)
+    assert report.ok, str(report)
+    assert report.probed
+    probed = {c.site for c in report.checks if c.how == "probe" and c.kind == "multiplier"}
+    assert probed == set(plan.multipliers), "every planned multiplier is measured on a forward"
+    # first principles: depth 2 over base depth 1 (alpha=1) -> 1/2 on every residual branch; readout 1/m_d = 1/2
+    branches = [c for c in report.checks if c.how == "probe" and c.kind == "multiplier" and "proj" in c.site]
+    assert branches and all(math.isclose(c.realized, 0.5, rel_tol=1e-5) for c in branches)
+    attention = [c for c in report.checks if c.how == "probe" and c.kind == "attention"]
+    head_dim = 32 // 2
+    assert len(attention) == 2 and all(math.isclose(c.realized, math.sqrt(8) / head_dim, rel_tol=1e-6)
+                                       for c in attention)
+    assert any(c.kind == "init" for c in report.checks)
+    assert "0 failed" in str(report)
+
+
+def test_a_tampered_multiplier_is_found_with_its_realized_factor() -> None:
+    """Negative control: double scaling at one site (0.25 where 0.5 is planned) is named, planned vs realized."""
+    model = fxparam.transform(_gpt(), "completep", base_width=16, base_depth=1)
+    target = "blocks.1.mlp.proj"
+    module = dict(model.named_modules())[target]
+    module.fxparam_out *= 0.5  # what a second, un-refused transform would do
+    report = verify(model)
+    bad = {c.site: c for c in report.failures if c.how == "probe"}
+    assert set(bad) == {target}
+    assert math.isclose(bad[target].planned, 0.5) and math.isclose(bad[target].realized, 0.25, rel_tol=1e-5)
+    with pytest.raises(fxparam.LoweringError, match=r"blocks\.1\.mlp\.proj.*planned 0\.5, realized 0\.25"):
+        report.raise_if_failed()
+
+
+def test_scaling_outside_the_plan_is_found() -> None:
+    model = fxparam.transform(_gpt(), "mup", base_width=16)
+    assert verify(model).ok
+    dict(model.named_modules())["blocks.0.mlp.fc"].register_forward_hook(OutputScale(3.0, "blocks.0.mlp.fc"))
+    report = verify(model)
+    assert [(c.site, c.kind) for c in report.failures] == [("blocks.0.mlp.fc", "untouched")]
+
+
+def test_init_std_check_has_a_negative_control() -> None:
+    model = fxparam.transform(_gpt(64), "mup", base_width=16)
+    assert verify(model, init=True).ok
+    name, param = next((n, p) for n, p in model.named_parameters()
+                       if fxparam.plan_of(model).params[n].init == "normal" and p.ndim == 2)
+    with torch.no_grad():
+        param.mul_(1.5)
+    bad = [c for c in verify(model, init=True).failures if c.kind == "init"]
+    assert [c.site for c in bad] == [name]
+    assert math.isclose(bad[0].realized / bad[0].planned, 1.5, rel_tol=0.1)
+
+
+# --------------------------------------------------------------------------- case 4: SDPA imported by name
+
+
+class ByNameAttention(nn.Module):
+    """Calls SDPA through a name bound at import (``from torch.nn.functional import ...``)."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in self.qkv(x).split(C, 2))
+        y = SDPA_BY_NAME(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class TinyLM(nn.Module):
+    def __init__(self, d: int = 128, heads: int = 2, depth: int = 2) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(256, d)
+        self.norms = nn.ModuleList([nn.LayerNorm(d) for _ in range(depth)])
+        self.attn = nn.ModuleList([ByNameAttention(d, heads) for _ in range(depth)])
+        self.head = nn.Linear(d, 256, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        for norm, attn in zip(self.norms, self.attn, strict=True):
+            x = x + attn(norm(x))
+        return self.head(x)
+
+
+def test_case4_sdpa_imported_by_name_is_refused_and_rolled_back() -> None:
+    torch.manual_seed(0)
+    model = TinyLM()  # d_head 64: SDPA's own scale 1/8 = 0.125; muP with base_head_dim 16: 4/64 = 0.0625
+    idx = torch.randint(0, 256, (2, 8))
+    before = _snapshot(model)
+    with pytest.raises(fxparam.LoweringError, match=r"attn\.0.*planned 0\.0625, realized 0\.125") as info:
+        fxparam.transform(model, "mup", base_width=32, base_head_dim=16, example_inputs=(idx,))
+    assert "imported" in str(info.value) and "attention='sp'" in str(info.value)
+    assert _same(before, _snapshot(model)), "the refused transform left the model changed"
+    with pytest.raises(fxparam.LoweringError, match="not transformed"):
+        fxparam.plan_of(model)
+    # negative control: with the SDPA default kept (attention='sp') nothing needs overriding: accepted
+    fxparam.transform(model, "mup", base_width=32, attention="sp", example_inputs=(idx,))
+    assert verify(model, example_inputs=(idx,)).ok
+
+
+# --------------------------------------------------------------------------- case 5: nn.MultiheadAttention
+
+
+class MHABlock(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class MHALM(nn.Module):
+    def __init__(self, d: int = 32, depth: int = 2) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(256, d)
+        self.blocks = nn.ModuleList([MHABlock(d) for _ in range(depth)])
+        self.head = nn.Linear(d, 256)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("attention", ["mup", "sp"])
+def test_case5_multihead_attention_works_or_is_refused_at_transform_time(attention: str) -> None:
+    """Never a transform that succeeds and a first forward that raises."""
+    torch.manual_seed(0)
+    model = MHALM()
+    idx = torch.randint(0, 256, (2, 8))
+    reference = copy.deepcopy(model)
+    before = _snapshot(model)
+    try:
+        fxparam.transform(model, "completep", base_width=16, base_depth=1, attention=attention,
+                          example_inputs=(idx,), init=False)
+    except fxparam.LoweringError as exc:
+        assert "attn" in str(exc), exc
+        assert _same(before, _snapshot(model))
+        return
+    # accepted: it must then run and realize the plan; residual branches scaled by base_depth/depth = 1/2
+    assert verify(model, example_inputs=(idx,)).ok
+    with torch.no_grad():
+        out = model(idx)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out, reference(idx))  # negative control: the plan changed the function
