@@ -24,6 +24,7 @@ Reference: the multiplier tables of Yang et al. 2021 (muP, Table 3/8) and Dey et
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fxparam.errors import FxparamError, LoweringError
 
-__all__ = ["SiteCheck", "VerifyReport", "verify"]
+__all__ = ["SiteCheck", "VerifyReport", "verify", "verify_graph"]
 
 #: Relative tolerance of a probed output against ``out * f(in * x)`` (fp32 reassociation of the scaling).
 PROBE_RTOL = 1e-4
@@ -471,3 +472,72 @@ def verify(
     if raise_on_failure:
         report.raise_if_failed()
     return report
+
+
+@torch.no_grad()
+def verify_graph(
+    gm: nn.Module, model: nn.Module, *, example_inputs: Any = None, raise_on_failure: bool = False
+) -> VerifyReport:
+    """Check a graph lowering against the verified eager lowering of the same plan (a differential probe).
+
+    A copy of ``model`` (whose Parameters ``gm`` shares) is lowered eagerly with ``gm``'s plan and
+    verified site by site (:func:`verify`); then ``gm`` and the copy must give the same outputs
+    on the example inputs (the only shapes a GraphModule accepts).
+
+    Args:
+        gm: the GraphModule from ``fxparam.transform(..., lowering="graph")``.
+        model: the module it was exported from.
+        example_inputs: the inputs it was exported with (optional for GPT / HF models).
+        raise_on_failure: raise instead of returning a failed report.
+
+    Returns:
+        The eager copy's :class:`VerifyReport` plus one "multiplier" check named ``<graph>``
+        (planned 1.0 = equal outputs; realized = ``<y_graph, y_eager> / <y_eager, y_eager>``).
+
+    Raises:
+        LoweringError: with ``raise_on_failure``, a failed site or outputs that differ.
+    """
+    from fxparam.capture import _split_inputs, default_example_inputs
+    from fxparam.lowering.eager import lower_eager
+    from fxparam.plan import PLAN_ATTR, plan_of
+
+    plan = plan_of(gm)
+    report = VerifyReport(model_class=f"GraphModule of {type(model).__name__}")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        report.notes.append("on the meta device: the graph lowering was not probed")
+        return report
+    twin = copy.deepcopy(model)
+    if getattr(twin, PLAN_ATTR, None) is not None:
+        delattr(twin, PLAN_ATTR)
+    lower_eager(twin, plan, init=False)
+    eager_report = verify(twin, example_inputs=example_inputs)
+    report.checks += eager_report.checks
+    report.notes += eager_report.notes
+    report.probed = eager_report.probed
+    args, kwargs = default_example_inputs(model) if example_inputs is None else _split_inputs(example_inputs)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    training = {m: m.training for m in twin.modules()}
+    twin.eval()
+    y_eager = _first_tensor(_logits(twin(*args, **kwargs)))
+    y_graph = _first_tensor(_logits(gm(*args, **kwargs)))
+    for m, flag in training.items():
+        m.training = flag
+    if y_eager is None or y_graph is None or y_eager.shape != y_graph.shape:
+        report.checks.append(SiteCheck(site="<graph>", kind="multiplier", how="probe", ok=False,
+                                       detail="graph and eager outputs are not comparable tensors"))
+    else:
+        a, b = y_graph.float(), y_eager.float()
+        err = float((a - b).abs().max()) / (float(b.abs().max()) or 1.0)
+        realized = float((a * b).sum()) / max(float((b * b).sum()), 1e-30)
+        report.checks.append(SiteCheck(site="<graph>", kind="multiplier", planned=1.0, realized=realized,
+                                       how="probe", ok=err <= 1e-4,
+                                       detail=f"max |graph - eager| / max|eager| = {err:.3g}"))
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _logits(out: Any) -> Any:
+    return getattr(out, "logits", out)

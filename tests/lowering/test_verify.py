@@ -205,3 +205,27 @@ def test_case5_multihead_attention_works_or_is_refused_at_transform_time(attenti
         out = model(idx)
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, reference(idx))  # negative control: the plan changed the function
+
+
+def test_graph_lowering_is_verified_against_the_eager_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fxparam.lowering import graph as graph_lowering
+
+    idx = torch.randint(0, 256, (2, 8))
+    gm = fxparam.transform(_gpt(), "completep", base_width=16, base_depth=1, lowering="graph", example_inputs=(idx,))
+    assert fxparam.plan_of(gm).m_L == 2.0
+    # negative control: a graph rewrite that forgets one multiplier node is refused, the model untouched
+    original = graph_lowering._scale_output
+    skipped: list[str] = []
+
+    def forgetful(graph, nodes, out, factor, aten, owner):  # noqa: ANN001, ANN202
+        if not skipped:
+            skipped.append(str(owner))
+            return None
+        return original(graph, nodes, out, factor, aten, owner)
+
+    monkeypatch.setattr(graph_lowering, "_scale_output", forgetful)
+    model = _gpt()
+    before = _snapshot(model)
+    with pytest.raises(fxparam.LoweringError, match=r"<graph>.*planned 1\.0"):
+        fxparam.transform(model, "completep", base_width=16, base_depth=1, lowering="graph", example_inputs=(idx,))
+    assert skipped and _same(before, _snapshot(model))
