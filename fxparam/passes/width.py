@@ -1,10 +1,13 @@
 """Width (and depth) parameterizations: SP, muP and CompleteP.
 
 The rules are the Adam table of shared/reference/parameterizations.md, implemented
-exactly; the SGD column follows Tensor Programs V, Table 8.  Where the table is
-silent we follow microsoft/mup: the readout keeps the base eps and weight decay, and
+exactly; the SGD column follows Tensor Programs V, Table 8 (a vector with no width
+dimension, e.g. a readout bias, keeps LR eta under SGD).  Where the table is silent:
+the readout's Adam eps is eps/m_d like the embedding's (CompleteP reference code,
+EleutherAI/nanoGPT-mup ``completep``), its weight decay is the base one (microsoft/mup),
 the readout multiplier scales the readout's *input* (so a readout bias is not shrunk
-with width, as in ``MuReadout``).
+with width, as in ``MuReadout``), and matmul biases are initialised to zero (table:
+init 0) instead of PyTorch's default U(+-1/sqrt(fan_in)), which shrinks with width.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ def sp_pass(analysis: Analysis, cfg: SP, plan: Plan) -> Plan:
         if info.tied_to:
             plan.params[name] = ParamPlan(role=info.role, tied_to=info.tied_to)
             continue
-        if info.role == "vector":
+        if info.role == "frozen":  # user override: left as it is, never updated
+            plan.params[name] = ParamPlan(role="frozen", init="keep", lr_mult=0.0, sgd_lr_mult=0.0, wd_mult=0.0)
+        elif info.role == "vector":
             plan.params[name] = ParamPlan(role="vector", init="keep", wd_mult=0.0)
         else:
             plan.params[name] = ParamPlan(role=info.role, init="normal", init_std=cfg.init_std)
+    plan.notes.extend(n for n in analysis.notes if n not in plan.notes)
     plan.notes.append(f"SP: every weight ~ N(0, {cfg.init_std}^2), one LR for all groups")
     return plan
 
@@ -62,22 +68,29 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
             m_L = analysis.depth / cfg.base_depth
         plan.base_depth, plan.alpha = cfg.base_depth, alpha
     plan.base_width, plan.m_d, plan.m_L = cfg.base_width, m_d, m_L
+    plan.notes.extend(n for n in analysis.notes if n not in plan.notes)
     depth_lr = m_L ** (alpha - 1.0)  # CompleteP: hidden and in-block vector LR factor
     depth_eps = m_L**alpha
     sigma = cfg.init_std
+    readout_modules = {i.module for i in analysis.params.values() if i.role == "readout"}
 
     for name, info in analysis.params.items():
         if info.tied_to:  # the shared tensor follows its owner's rules (embedding)
             plan.params[name] = ParamPlan(role=info.role, tied_to=info.tied_to)
             if info.role == "readout":
-                plan.multiply(INPUT + info.module, cfg.output_multiplier / m_d)
+                plan.multiply(info.multiplier_at or INPUT + info.module, cfg.output_multiplier / m_d)
             continue
         in_block = info.block is not None
+        if info.role == "frozen":  # user override: left as it is, never updated
+            plan.params[name] = ParamPlan(role="frozen", init="keep", lr_mult=0.0, sgd_lr_mult=0.0, wd_mult=0.0)
+            continue
         if info.role == "embedding":
             plan.params[name] = ParamPlan(
                 role="embedding", init="normal", init_std=sigma, eps_mult=1 / m_d, sgd_lr_mult=m_d
             )
             plan.multiply(info.module, cfg.embedding_multiplier)
+            if info.multiplier_at:  # the same table read out functionally: F.linear(h, wte.weight)
+                plan.multiply(info.multiplier_at, cfg.output_multiplier / m_d)
         elif info.role == "hidden":
             plan.params[name] = ParamPlan(
                 role="hidden",
@@ -94,15 +107,19 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 init="zeros" if cfg.zero_readout else "normal",
                 init_std=None if cfg.zero_readout else sigma,
                 sgd_lr_mult=m_d,
+                eps_mult=1 / m_d,  # as the embedding (CompleteP reference code)
             )
-            plan.multiply(INPUT + info.module, cfg.output_multiplier / m_d)
+            plan.multiply(info.multiplier_at or INPUT + info.module, cfg.output_multiplier / m_d)
         else:  # vectors: biases, norm gains
+            is_bias = name.rsplit(".", 1)[-1] == "bias"  # table init 0 (norm gains keep their 1)
+            has_width = info.fan_out_width and info.module not in readout_modules  # a readout bias has none
             plan.params[name] = ParamPlan(
                 role="vector",
-                init="keep",
+                init="zeros" if is_bias else "keep",
                 wd_mult=0.0,
                 lr_mult=depth_lr if in_block else 1.0,
-                sgd_lr_mult=m_d * (depth_lr if in_block else 1.0),
+                # SGD: eta * m_d for a width-sized vector; eta for one with no width dim (readout bias)
+                sgd_lr_mult=(m_d if has_width else 1.0) * (depth_lr if in_block else 1.0),
                 eps_mult=1 / (m_d * (depth_eps if in_block else 1.0)),
             )
 

@@ -22,7 +22,7 @@ def expected(role, in_block, m_d, m_L, alpha, depth_rules):
         return dict(init_std=SIGMA / math.sqrt(m_d), lr_mult=d_lr / m_d, wd_mult=m_d, eps_mult=1 / (m_d * d_eps),
                     sgd_lr_mult=d_lr)
     if role == "readout":
-        return dict(init_std=SIGMA, lr_mult=1.0, wd_mult=1.0, eps_mult=1.0, sgd_lr_mult=m_d)
+        return dict(init_std=SIGMA, lr_mult=1.0, wd_mult=1.0, eps_mult=1 / m_d, sgd_lr_mult=m_d)  # eps: CompleteP code
     if in_block:
         return dict(init_std=None, lr_mult=d_lr, wd_mult=0.0, eps_mult=1 / (m_d * d_eps), sgd_lr_mult=m_d * d_lr)
     return dict(init_std=None, lr_mult=1.0, wd_mult=0.0, eps_mult=1 / m_d, sgd_lr_mult=m_d)
