@@ -6,34 +6,40 @@ import argparse
 from pathlib import Path
 
 from fxparam.errors import RecipeError
-from fxparam.recipes._collapse import (
-    ALIGN_WINDOW,
-    DEFAULT_SMOOTH,
-    DEFAULT_T_MIN,
-    DEFAULT_THRESHOLD,
-    NormalisedCurve,
-    collapse_plot,
-    collapse_residual,
-    normalise_curve,
-    read_loss_csv,
-)
+
+# The defaults of fxparam.recipes._collapse, written out so that --help imports no numpy
+# (tests/cli/test_cli_collapse.py checks they agree).
+ALIGN_WINDOW = (0.25, 0.5)
+DEFAULT_SMOOTH = 0.02
+DEFAULT_T_MIN = 0.1
+DEFAULT_THRESHOLD = 0.01
+DEFAULT_FALSE_ALARM = 0.01
 
 #: Exit status when at least one run drifts from the reference (the CI gate).
 EXIT_ALARM = 1
 
 _EPILOG = f"""\
-input: CSV files with a header that has 'step' and 'loss' columns; extra columns are ignored.
+input: CSV files with a header that has a step column (step, Step, _step, global_step, ...) and a
+loss column (loss, or --column NAME, or the one column whose name contains 'loss': a wandb export
+'Step,train/loss,train/loss__MIN,train/loss__MAX' reads train/loss); extra columns are ignored.
 Each run is put on collapse axes: t_hat = step / total_steps and loss / L(T). A complete run
 divides by its final (smoothed) loss; a run whose last step is before its --total-steps is
 early-aligned to the reference over t_hat in [{ALIGN_WINDOW[0]}, {ALIGN_WINDOW[1]}], and that divisor is
 printed as its final-loss forecast. The reference (--ref, default the first run) must be complete.
+A run still training MUST get its planned total with --total-steps: without it the last logged
+step is taken as the end, and a partial run read as complete drifts from the reference by construction.
+
+noise: each log's own noise is estimated from it (median absolute second difference of log loss);
+the alarm fires when |residual| > threshold + z x (the residual's noise), z chosen so that a run
+within the threshold raises it with probability --false-alarm at most.
 
 exit status: 0 when every run stays within --threshold of the reference, {EXIT_ALARM} when the alarm fires
 for any run (use it to gate CI), 2 on bad input.
 
-example:
+examples:
   fxparam collapse run1.csv run2.csv --ref small.csv --out collapse.png
   fxparam collapse big_partial.csv --ref small.csv --total-steps 200000
+  fxparam collapse wandb_export.csv --ref small.csv --column train/loss
 """
 
 
@@ -75,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=DEFAULT_SMOOTH,
         help=f"moving-average width in t_hat, 0 = none (default {DEFAULT_SMOOTH})",
     )
+    p.add_argument(
+        "--false-alarm",
+        type=float,
+        default=DEFAULT_FALSE_ALARM,
+        help=f"probability of an alarm on a run within --threshold, given its noise (default {DEFAULT_FALSE_ALARM})",
+    )
+    p.add_argument("--column", help="name of the loss column (default: loss, or the one column naming 'loss')")
+    p.add_argument("--step-column", help="name of the step column (default: step, _step, global_step, ...)")
     p.add_argument("--out", type=Path, help="write the collapse plot (PNG) here (needs matplotlib)")
     p.set_defaults(func=run)
 
@@ -101,14 +115,26 @@ def _totals(values: list[str] | None, n: int) -> list[float | None]:
 
 def run(args: argparse.Namespace) -> int:
     """Normalise, compare, print the residual table, plot; return 1 when the alarm fires."""
+    from fxparam.recipes._collapse import (
+        NormalisedCurve,
+        collapse_plot,
+        collapse_residual,
+        normalise_curve,
+        read_loss_csv,
+    )
+
+    if not 0 < args.false_alarm < 1:
+        raise RecipeError(f"--false-alarm is a probability in (0, 1), got {args.false_alarm}")
+    columns = {"column": args.column, "step_column": args.step_column}
     ref_path = args.ref or args.runs[0]
-    ref_steps, ref_losses = read_loss_csv(ref_path)
+    ref_steps, ref_losses = read_loss_csv(ref_path, **columns)
     reference = normalise_curve(
         ref_steps, ref_losses, total_steps=args.ref_total_steps, smooth=args.smooth, name=ref_path.stem
     )
     curves: list[NormalisedCurve] = []
-    for path, total in zip(args.runs, _totals(args.total_steps, len(args.runs)), strict=True):
-        steps, losses = read_loss_csv(path)
+    totals = _totals(args.total_steps, len(args.runs))
+    for path, total in zip(args.runs, totals, strict=True):
+        steps, losses = read_loss_csv(path, **columns)
         partial = total is not None and steps[-1] < total
         curves.append(
             normalise_curve(
@@ -121,12 +147,16 @@ def run(args: argparse.Namespace) -> int:
                 name=path.stem,
             )
         )
-    reports = [collapse_residual(c, reference, threshold=args.threshold, t_min=args.t_min) for c in curves]
+    reports = [
+        collapse_residual(c, reference, threshold=args.threshold, t_min=args.t_min, false_alarm=args.false_alarm)
+        for c in curves
+    ]
+    assumed = [c.name for c, total in zip(curves, totals, strict=True) if total is None]
 
     checkpoints = (0.25, 0.5, 0.75, 1.0)
     name_w = max(12, *(len(c.name or "") for c in curves))
     header = f"{'run':<{name_w}}{'T':>10}{'L(T)':>11}" + "".join(f"{f'r@{t:g}':>10}" for t in checkpoints)
-    header += f"{'max|r|':>10}{'at':>7}  status"
+    header += f"{'max|r|':>10}{'at':>7}{'noise':>9}  status"
     print(f"reference: {reference.name} (L(T) = {reference.divisor:.4f}, T = {reference.total_steps:g})")
     print(header)
     for c, rep in zip(curves, reports, strict=True):
@@ -139,10 +169,19 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{c.name or '':<{name_w}}{c.total_steps:>10g}{div:>11}"
             + "".join(cells)
-            + f"{rep.max_abs:>10.4f}{rep.t_at_max:>7.2f}  {status}"
+            + f"{rep.max_abs:>10.4f}{rep.t_at_max:>7.2f}{rep.noise:>9.4f}  {status}"
         )
     if any(c.align == "early" for c in curves):
         print("* L(T) forecast by early alignment to the reference (the run is partial)")
+    if assumed:
+        print(
+            f"T of {', '.join(str(n) for n in assumed)} = its last logged step (no --total-steps): "
+            "correct only for a finished run"
+        )
+    print(
+        f"alarm when |r| > {args.threshold:g} + z x noise (z = {max(r.z for r in reports):.2f}: false-alarm "
+        f"probability {args.false_alarm:g} per run; noise = median standard deviation of r from the logs' own noise)"
+    )
     if args.out is not None:
         collapse_plot(curves, args.out, reference=reference, threshold=args.threshold, t_min=args.t_min)
         print(f"wrote {args.out}")
@@ -150,8 +189,14 @@ def run(args: argparse.Namespace) -> int:
     if fired:
         print(
             f"ALARM: {', '.join(str(n) for n in fired)} drift(s) from the reference by more than "
-            f"{args.threshold:g} x L(T): check numerics, data and that schedule shape, TPP and tau match"
+            f"{args.threshold:g} x L(T) beyond noise: check numerics, data and that schedule shape, TPP and tau match"
         )
+        unsure = [n for n in fired if n in assumed]
+        if unsure:
+            print(
+                f"note: {', '.join(str(n) for n in unsure)} had no --total-steps; if it is still training, give its "
+                "planned total steps (a partial run read as complete drifts by construction)"
+            )
         return EXIT_ALARM
     print(f"collapse ok: all runs within {args.threshold:g} x L(T) of the reference")
     return 0

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -31,6 +32,8 @@ ALIGN_WINDOW = (0.25, 0.5)
 DEFAULT_THRESHOLD = 0.01
 #: Residuals are not judged before this t_hat by default (initial transients do not collapse).
 DEFAULT_T_MIN = 0.1
+#: Default probability of an alarm on a run within the threshold, given the logs' own noise.
+DEFAULT_FALSE_ALARM = 0.01
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -47,6 +50,10 @@ class NormalisedCurve:
         total_steps: the run's planned number of steps ``T``.
         align: how ``divisor`` was obtained.
         name: a label (e.g. the file name).
+        noise: standard deviation of each ``ell`` point from the log's own noise (``sigma / L(T) /
+            sqrt(points averaged)``, see :func:`noise_level`); None when not estimated.
+        divisor_noise: relative standard deviation of ``divisor`` from the same noise.
+        smooth: the moving-average width in ``t_hat`` the curve was smoothed with.
     """
 
     t_hat: FloatArray = field(repr=False)
@@ -55,6 +62,9 @@ class NormalisedCurve:
     total_steps: float
     align: Literal["final", "early", "given"]
     name: str | None = None
+    noise: FloatArray | None = field(default=None, repr=False)
+    divisor_noise: float = 0.0
+    smooth: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -73,8 +83,11 @@ class CollapseReport:
         max_abs: ``max |residual|``.
         t_at_max: ``t_hat`` where it occurs.
         rms: root-mean-square residual.
-        threshold: alarm threshold on ``max_abs``.
-        alarm: ``max_abs > threshold``.
+        threshold: the tolerated drift, in units of ``L(T)``.
+        alarm: some ``|residual| > threshold + z * band`` (see :func:`collapse_residual`).
+        band: the standard deviation of each residual that the logs' own noise explains.
+        z: the multiple of ``band`` allowed on top of ``threshold`` (0 when the noise is not estimated).
+        noise: the median of ``band``.
         divisor: the run's ``L(T)`` (a forecast when ``align == "early"``).
         align: how the divisor was obtained.
     """
@@ -89,6 +102,9 @@ class CollapseReport:
     alarm: bool
     divisor: float
     align: str
+    band: FloatArray | None = field(default=None, repr=False)
+    z: float = 0.0
+    noise: float = 0.0
 
     def at(self, t: float) -> float:
         """The residual at ``t_hat = t`` (linear interpolation; NaN-free: raises outside the range)."""
@@ -100,12 +116,54 @@ class CollapseReport:
         return float(np.interp(t, self.t_hat, self.residual))
 
 
-def read_loss_csv(path: str | Path) -> tuple[FloatArray, FloatArray]:
-    """Read ``step`` and ``loss`` columns from a CSV with a header (other columns are ignored).
+#: Step columns recognised without ``step_column=`` (case-insensitive): plain logs, wandb, Lightning.
+STEP_COLUMNS = ("step", "_step", "global_step", "trainer/global_step", "iteration", "iter")
+
+
+def _pick_column(fields: list[str], wanted: str | None, candidates: Sequence[str], what: str, where: str) -> str:
+    lower = {f.strip().lower(): f for f in fields}
+    if wanted is not None:
+        if wanted in fields:
+            return wanted
+        if wanted.strip().lower() in lower:
+            return lower[wanted.strip().lower()]
+        raise RecipeError(f"{where}: no column {wanted!r}; the header has {fields}")
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    if what == "loss":  # e.g. wandb's 'train/loss' (not its 'train/loss__MIN' / '__MAX' companions)
+        found = [f for f in fields if "loss" in f.lower() and not f.upper().endswith(("__MIN", "__MAX"))]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise RecipeError(f"{where}: several loss columns {found}; choose one with --column (column=)")
+    raise RecipeError(
+        f"{where}: need a header with 'step' and 'loss' columns (extra columns are fine; name others with "
+        f"--step-column / --column), got {fields}"
+    )
+
+
+def read_loss_csv(
+    path: str | Path, *, column: str | None = None, step_column: str | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """Read the step and loss columns of a CSV with a header (other columns are ignored).
+
+    The step column is ``step_column`` or the first of :data:`STEP_COLUMNS`; the loss column is
+    ``column``, else ``loss``, else the one column whose name contains "loss" (a wandb export
+    ``Step,train/loss,train/loss__MIN,train/loss__MAX`` reads ``train/loss``). Rows whose loss
+    cell is empty (metrics logged at other steps) are skipped.
+
+    Args:
+        path: the CSV file.
+        column: the loss column's name (case-insensitive).
+        step_column: the step column's name (case-insensitive).
+
+    Returns:
+        ``(steps, losses)``, float arrays of equal length.
 
     Raises:
-        RecipeError: missing file or columns, non-numeric / non-finite values, or steps that do not
-            strictly increase (deduplicate resumed logs first).
+        RecipeError: missing file or columns, several candidate loss columns, non-numeric /
+            non-finite values, or steps that do not strictly increase (deduplicate resumed logs first).
 
     Example:
         >>> import tempfile, os
@@ -118,20 +176,16 @@ def read_loss_csv(path: str | Path) -> tuple[FloatArray, FloatArray]:
     where = f"read_loss_csv({str(p)!r})"
     if not p.is_file():
         raise RecipeError(f"{where}: no such file")
-    with p.open(newline="") as fh:
+    with p.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-        if "step" not in fields or "loss" not in fields:
-            raise RecipeError(
-                f"{where}: need a header with 'step' and 'loss' columns (extra columns are fine), "
-                f"got {reader.fieldnames}"
-            )
-        reader.fieldnames = fields
+        fields = list(reader.fieldnames or [])
+        step_key = _pick_column(fields, step_column, STEP_COLUMNS, "step", where)
+        loss_key = _pick_column(fields, column, ("loss",), "loss", where)
         steps, losses = [], []
         for row_no, row in enumerate(reader, start=2):
-            s, v = (row.get("step") or "").strip(), (row.get("loss") or "").strip()
-            if not s and not v:
-                continue
+            s, v = (row.get(step_key) or "").strip(), (row.get(loss_key) or "").strip()
+            if not v:
+                continue  # a blank line, or a row where this metric was not logged
             try:
                 step, loss = float(s), float(v)
             except ValueError:
@@ -151,6 +205,30 @@ def read_loss_csv(path: str | Path) -> tuple[FloatArray, FloatArray]:
             "deduplicate resumed logs (keep the latest entry per step)"
         )
     return st, np.asarray(losses)
+
+
+def noise_level(losses: npt.ArrayLike) -> float:
+    """Relative noise of a loss log, estimated from the log itself (0 when it has < 5 points).
+
+    A loss log is a smooth curve plus noise. The second difference ``x[i-1] - 2 x[i] + x[i+1]`` of
+    ``x = log(loss)`` removes the smooth part (up to its curvature, small for a densely logged run)
+    and leaves white noise of variance ``6 sigma^2``; its median absolute deviation (times 1.4826)
+    is a robust estimate of that standard deviation, unmoved by a few spikes or early transients.
+
+    Returns:
+        ``sigma``: the relative standard deviation of one logged loss (0.01 = 1% noise).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> t = np.linspace(0.01, 1, 2000)
+        >>> round(noise_level((2 + 1 / t) * (1 + 0.01 * rng.standard_normal(2000))), 3)
+        0.01
+    """
+    x = np.log(np.asarray(losses, dtype=np.float64))
+    if x.size < 5 or not np.all(np.isfinite(x)):
+        return 0.0
+    d2 = x[:-2] - 2 * x[1:-1] + x[2:]
+    return float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6))
 
 
 def smooth_curve(t_hat: npt.ArrayLike, values: npt.ArrayLike, width: float = DEFAULT_SMOOTH) -> FloatArray:
@@ -195,6 +273,15 @@ def _prepare(
         raise RecipeError(f"{where}: steps must be >= 0")
     t = st / total
     return t, smooth_curve(t, ls, smooth), total
+
+
+def _window_counts(t: FloatArray, width: float) -> FloatArray:
+    """How many logged points each smoothed point averages."""
+    if width == 0:
+        return np.ones_like(t)
+    lo = np.searchsorted(t, t - width / 2, side="left")
+    hi = np.searchsorted(t, t + width / 2, side="right")
+    return (hi - lo).astype(np.float64)
 
 
 def _early_divisor(
@@ -267,7 +354,18 @@ def normalise_curve(
         div, how = float(sm[-1]), "final"
     else:
         raise RecipeError(f"{where}: align must be 'final' or 'early', got {align!r}")
-    return NormalisedCurve(t_hat=t, ell=sm / div, divisor=div, total_steps=total, align=how, name=name)
+    sigma = noise_level(losses)
+    counts = _window_counts(t, non_negative(smooth, "smooth", where))
+    ell = sm / div
+    if how == "final":
+        div_noise = sigma / math.sqrt(counts[-1])
+    elif how == "early":
+        lo, hi = window
+        div_noise = sigma / math.sqrt(max(1, int(((t >= lo) & (t <= hi)).sum())))
+    else:
+        div_noise = 0.0
+    return NormalisedCurve(t_hat=t, ell=ell, divisor=div, total_steps=total, align=how, name=name,
+                           noise=sigma * ell / np.sqrt(counts), divisor_noise=div_noise, smooth=float(smooth))
 
 
 def forecast_final_loss(
@@ -313,14 +411,26 @@ def collapse_residual(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     t_min: float = DEFAULT_T_MIN,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
 ) -> CollapseReport:
     """Residual ``ell_run - ell_ref`` of a normalised run against a reference, with an alarm.
+
+    Noise is not drift: each log's own noise (:func:`noise_level`, carried by
+    :func:`normalise_curve`) gives every residual a standard deviation ``band`` (run and
+    reference points, and both divisors, independent). The alarm fires when some
+    ``|residual| > threshold + z * band`` with ``z`` the two-sided normal quantile at
+    ``false_alarm / N`` for ``N`` independent comparisons (Bonferroni; smoothed residuals less
+    than one smoothing window apart average the same log points, so ``N`` is the judged span
+    divided by the window, at most the number of points): a run whose true drift stays within
+    ``threshold`` raises it with probability at most about ``false_alarm``. Curves without a
+    noise estimate (built by hand) are judged on ``threshold`` alone.
 
     Args:
         curve: the run (from :func:`normalise_curve`).
         reference: the reference run (e.g. a smaller model trained with matched schedule, TPP, tau).
-        threshold: alarm when ``max |residual| > threshold`` (units of the final loss; 0.01 = 1%).
+        threshold: the tolerated drift, in units of the final loss (0.01 = 1%).
         t_min: ignore ``t_hat < t_min`` (initial transients).
+        false_alarm: the probability of an alarm on a run that drifts by less than ``threshold``.
 
     Example:
         >>> ref = normalise_curve([1, 2, 3, 4], [4.0, 3.0, 2.5, 2.0], smooth=0)
@@ -337,8 +447,22 @@ def collapse_residual(
             f"{where}: no point of the run lies in t_hat >= {tmin} within the reference's range "
             f"[{reference.t_hat[0]:.3f}, {reference.t_hat[-1]:.3f}]"
         )
+    if not 0 < false_alarm < 1:
+        raise RecipeError(f"{where}: false_alarm is a probability in (0, 1), got {false_alarm}")
     t = curve.t_hat[sel]
-    r = curve.ell[sel] - np.interp(t, reference.t_hat, reference.ell)
+    ref_ell = np.interp(t, reference.t_hat, reference.ell)
+    r = curve.ell[sel] - ref_ell
+    run_noise = curve.noise[sel] if curve.noise is not None else np.zeros_like(t)
+    ref_noise = np.interp(t, reference.t_hat, reference.noise) if reference.noise is not None else 0.0
+    band = np.sqrt(
+        run_noise**2 + ref_noise**2 + (curve.ell[sel] * curve.divisor_noise) ** 2
+        + (ref_ell * reference.divisor_noise) ** 2
+    )
+    # smoothed residuals less than a window apart are nearly the same test: count windows, not points
+    window = max(curve.smooth, reference.smooth)
+    n_tests = min(t.size, max(1, math.ceil((t[-1] - t[0]) / window))) if window > 0 else t.size
+    z = NormalDist().inv_cdf(1 - false_alarm / (2 * n_tests)) if band.max() > 0 else 0.0
+    excess = np.abs(r) - (thr + z * band)
     i = int(np.argmax(np.abs(r)))
     return CollapseReport(
         name=curve.name,
@@ -348,9 +472,12 @@ def collapse_residual(
         t_at_max=float(t[i]),
         rms=float(np.sqrt(np.mean(r**2))),
         threshold=thr,
-        alarm=bool(abs(r[i]) > thr),
+        alarm=bool((excess > 0).any()),
         divisor=curve.divisor,
         align=curve.align,
+        band=band,
+        z=float(z),
+        noise=float(np.median(band)),
     )
 
 
@@ -518,12 +645,13 @@ def collapse_plot(
     if reference is not None:
         top.plot(reference.t_hat, reference.ell, "k--", lw=1.5, label=f"reference: {reference.name or 'ref'}")
     top.set_ylabel("L(t) / L(T)")
-    lo = (
-        min(float(np.min(c.ell[c.t_hat >= t_min])) for c in curves if (c.t_hat >= t_min).any())
-        if curves
-        else 1.0
-    )
+    # the y range covers every curve *and* the reference: a partial run stops above 1 while the
+    # reference goes on down to 1 at t = 1, and must stay visible there
+    shown = [*curves, *([reference] if reference is not None else [])]
+    lows = [float(np.min(c.ell[c.t_hat >= t_min])) for c in shown if (c.t_hat >= t_min).any()]
+    lo = min(lows) if lows else 1.0
     top.set_ylim(lo - 0.02, lo + 0.5)
+    top.set_xlim(0, 1.0)
     top.legend(fontsize=8)
     top.set_title(title or "Loss-curve collapse")
     if reference is not None:
@@ -536,7 +664,7 @@ def collapse_plot(
                 lw=1.2,
                 label=(c.name or f"run {i}") + (" ALARM" if rep.alarm else ""),
             )
-        bot.axhspan(-threshold, threshold, color="0.85", zorder=0)
+        bot.axhspan(-threshold, threshold, color="0.85", zorder=0, label=f"threshold {threshold:g}")
         bot.axhline(0, color="k", lw=0.8)
         bot.set_ylabel("residual vs reference")
         bot.legend(fontsize=8)
