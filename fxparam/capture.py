@@ -111,22 +111,24 @@ def meta_skeleton(model: nn.Module, *, shorten: bool = True) -> tuple[nn.Module,
 
     def clone(mod: nn.Module, prefix: str) -> nn.Module:
         new = copy.copy(mod)
-        new.__dict__ = dict(mod.__dict__)
-        new._parameters = {k: (None if p is None else meta_of(p, True)) for k, p in mod._parameters.items()}
-        new._buffers = {k: (None if b is None else meta_of(b, False)) for k, b in mod._buffers.items()}
-        for key, value in list(new.__dict__.items()):  # plain tensor attributes, e.g. cached masks
+        # Write the copy's own __dict__, never through its __setattr__: a wrapper such as
+        # torch.compile's OptimizedModule forwards attribute writes to the user's module.
+        d = new.__dict__ = dict(mod.__dict__)
+        d["_parameters"] = {k: (None if p is None else meta_of(p, True)) for k, p in mod._parameters.items()}
+        d["_buffers"] = {k: (None if b is None else meta_of(b, False)) for k, b in mod._buffers.items()}
+        for key, value in list(d.items()):  # plain tensor attributes, e.g. cached masks
             if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-                new.__dict__[key] = meta_of(value, False)
-        new._forward_hooks = type(mod._forward_hooks)()
-        new._forward_pre_hooks = type(mod._forward_pre_hooks)()
+                d[key] = meta_of(value, False)
+        d["_forward_hooks"] = type(mod._forward_hooks)()
+        d["_forward_pre_hooks"] = type(mod._forward_pre_hooks)()
         children = list(mod._modules.items())
         if shorten and _is_repeated(mod):
             reduced[prefix] = (KEEP_REPEATS, len(children))
             children = children[:KEEP_REPEATS]
-        new._modules = {
+        d["_modules"] = {
             k: (None if c is None else clone(c, f"{prefix}.{k}" if prefix else k)) for k, c in children
         }
-        new.training = False
+        d["training"] = False
         return new
 
     return clone(model, ""), reduced
@@ -270,6 +272,9 @@ def capture(model: nn.Module, example_inputs: Any = None) -> Capture:
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"fxparam needs a torch.nn.Module, got {type(model).__name__}")
+    from fxparam.plan import unwrap
+
+    model = unwrap(model)  # the user's module inside torch.compile / DDP wrappers
     if example_inputs is None:
         args, kwargs = default_example_inputs(model)
     else:

@@ -92,6 +92,9 @@ class Plan(_Rec):
         masks: per masked parameter FQN (SμPar).
         norm_swaps: norm modules replaced by fused per-example-gradient versions (GNS).
         notes: human-readable decisions (e.g. the assumed base head dim).
+        model_shapes: the analysis fingerprint: shape of every parameter FQN of the model the
+            plan was built for (``apply_plan`` refuses a model whose shapes differ, e.g. another
+            width); empty for hand-made plans (not checked).
     """
 
     version: int = 1
@@ -112,6 +115,7 @@ class Plan(_Rec):
     masks: dict[str, MaskPlan] = Field(default_factory=dict)
     norm_swaps: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    model_shapes: dict[str, list[int]] = Field(default_factory=dict)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

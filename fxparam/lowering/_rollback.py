@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from fxparam.errors import FxparamError, LoweringError
 
-__all__ = ["Snapshot", "all_or_nothing"]
+__all__ = ["Snapshot", "all_or_nothing", "inner_module"]
 
 
 def _copy_container(value: Any) -> Any:
@@ -146,3 +146,96 @@ def all_or_nothing(model: nn.Module, *, values: bool = True) -> Iterator[Snapsho
     except BaseException:
         snapshot.restore()
         raise
+
+
+def inner_module(model: nn.Module, *, init: bool = False, mutate: bool = False) -> nn.Module:
+    """The user's module to analyse or transform, through wrappers fxparam can see through.
+
+    ``torch.compile``'s ``OptimizedModule`` and ``DistributedDataParallel`` are unwrapped
+    (the wrapper object itself is never written to).  Wrappers that own or rename the
+    Parameters are refused with the fix: PEFT models (LoRA layers wrap the user's Linear
+    modules; transform the base model before ``get_peft_model``) and FSDP (shards are
+    not the model's tensors; transform before ``fully_shard`` / ``FullyShardedDataParallel``).
+
+    Args:
+        model: the model as the user handed it.
+        init: the transform re-initialises weights (refused inside DDP: each rank would
+            draw different weights after DDP's initial broadcast).
+        mutate: the caller will modify the module (transform / apply_plan), not only read it.
+
+    Returns:
+        The inner ``nn.Module``.
+
+    Raises:
+        LoweringError: a PEFT or FSDP wrapper, or ``init=True`` inside DDP.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    cls = type(model).__name__
+    if hasattr(model, "peft_config") and hasattr(model, "base_model"):
+        raise LoweringError(
+            f"{cls} is a PEFT-wrapped model: its LoRA layers wrap the base model's Linear modules and "
+            "rename their parameters, so a plan for the base model does not apply. Transform the base model "
+            "first, then wrap it: model = fxparam.transform(base, ...); model = get_peft_model(model, lora_config)."
+        )
+    for m in model.modules():
+        if type(m).__name__.startswith(("FullyShardedDataParallel", "FSDP")):
+            raise LoweringError(
+                f"{cls} is (or contains {type(m).__name__}) an FSDP-sharded module: its Parameters are shards. "
+                "Call fxparam.transform(model, ...) before fully_shard / FullyShardedDataParallel."
+            )
+    inner = model
+    while True:
+        if isinstance(inner, DistributedDataParallel):
+            if mutate and init:
+                raise LoweringError(
+                    f"{cls} is wrapped in DistributedDataParallel, which broadcast rank 0's weights when it "
+                    "was built: re-initialising now would give each rank different weights. Transform before "
+                    "wrapping in DDP, or pass init=False (e.g. before loading a checkpoint)."
+                )
+            inner = inner.module
+        elif isinstance(inner.__dict__.get("_modules", {}).get("_orig_mod"), nn.Module):  # torch.compile
+            inner = inner._modules["_orig_mod"]
+        else:
+            return inner
+
+
+def model_shapes(model: nn.Module) -> dict[str, list[int]]:
+    """The analysis fingerprint stored in ``Plan.model_shapes``: every parameter FQN and its shape."""
+    return {n: list(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def check_model_shapes(model: nn.Module, plan: Any) -> None:
+    """Refuse a plan built for a model of other shapes (another width or depth of the same class).
+
+    Raises:
+        LoweringError: naming the first parameters whose shape differs, the plan's width and
+            the fix (build the plan on this model).
+    """
+    planned = getattr(plan, "model_shapes", None)
+    if not planned:
+        return
+    actual = model_shapes(model)
+    if actual == planned:
+        return
+    diff = [f"{n}: plan {planned.get(n)} vs model {actual.get(n)}"
+            for n in sorted(set(planned) | set(actual)) if planned.get(n) != actual.get(n)]
+    raise LoweringError(
+        f"this plan was built for another {plan.model_class or 'model'} (width {plan.width}, depth {plan.depth}): "
+        f"{len(diff)} parameter shape(s) differ, e.g. {'; '.join(diff[:3])}. Its multipliers (m_d, m_L) and "
+        "init stds would be wrong here: build the plan on this model with fxparam.plan(model, config, ...) "
+        "(the same config gives the right plan for every width and depth)."
+    )
+
+
+def fxparam_state(model: nn.Module) -> list[str]:
+    """Modules that carry fxparam's forward-time state (the transformed marker that survives
+    ``del model._fxparam_plan``): ScaledLinear or swapped-norm classes, fxparam hooks, SμPar masks."""
+    found = []
+    for name, m in model.named_modules():
+        cls = type(m)
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        if (cls.__module__.startswith(("fxparam.lowering", "fxparam.kernels")) or any(getattr(h, "fxparam_hook", False) for h in hooks)
+                or getattr(m, "_fxparam_masks", None)):
+            found.append(name or "<root>")
+    return found

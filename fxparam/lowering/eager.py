@@ -26,7 +26,24 @@ def _validate(model: nn.Module, plan: Plan) -> None:
             f"{type(model).__name__} is already transformed ({' -> '.join(prev.passes)}); transforming again "
             "would double-scale it. Build a fresh model (and use init=False to load a checkpoint into it)."
         )
+    from fxparam.lowering._rollback import check_model_shapes, fxparam_state
+
+    carrying = fxparam_state(model)
+    if carrying:  # the plan attribute was deleted, or another tool copied fxparam's state over
+        raise AlreadyTransformedError(
+            f"{type(model).__name__} carries fxparam's scaling already (on {carrying[:3]}) although it has no "
+            "recorded plan: transforming again would double-scale it. Build a fresh model."
+        )
+    check_model_shapes(model, plan)
     names = dict(model.named_parameters(remove_duplicate=False))
+    not_float = [n for n, p in plan.params.items()
+                 if n in names and not names[n].is_floating_point() and (p.init != "keep" or n in plan.masks)]
+    if not_float:
+        raise LoweringError(
+            f"the plan re-initialises or masks {not_float[:3]}, which are {names[not_float[0]].dtype} "
+            "(not floating point): fxparam can only reparameterize floating-point parameters. Register them "
+            "as buffers (register_buffer) or exclude them with an override (role 'vector', init 'keep')."
+        )
     missing = [n for n in plan.params if n not in names]
     extra = [n for n in names if n not in plan.params]
     if missing or extra:

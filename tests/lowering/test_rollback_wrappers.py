@@ -1,0 +1,143 @@
+"""Wrappers are never damaged; the transformed marker and the plan's fingerprint hold (issue 14, cases 1, 2, 6, 8).
+
+Expected values from first principles: muP's readout multiplier is base_width/width
+(Yang et al. 2021, Table 3), so a plan for width 64 at base 32 carries 1/2 where width 128
+needs 1/4.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxparam
+from fxparam.lowering.verify import verify
+from fxparam.models.gpt import GPT, GPTConfig
+
+
+def _gpt(width: int = 32) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(width=width, depth=2, heads=2, vocab=256, seq_len=32))
+
+
+def _values(model: nn.Module) -> dict[str, Any]:
+    return {n: (id(p), p.device.type, p.detach().clone()) for n, p in model.named_parameters()}
+
+
+def _same_values(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(a[k][:2] == b[k][:2] and torch.equal(a[k][2], b[k][2]) for k in a)
+
+
+def test_case1_inspect_and_transform_of_a_compiled_module_leave_the_user_objects_whole() -> None:
+    model = _gpt()
+    compiled = torch.compile(model)
+    wrapper_state = dict(compiled.__dict__)
+    before = _values(model)
+    analysis = fxparam.inspect(compiled)
+    assert analysis.depth == fxparam.inspect(model).depth == 2
+    assert _same_values(before, _values(model)), "capture moved or changed the user's weights"
+    assert compiled.__dict__ == wrapper_state and compiled._orig_mod is model
+    assert all(type(m).__module__ != "torch.nn.modules.module" or m is not None for m in model.modules())
+
+    out = fxparam.transform(compiled, "mup", base_width=16, init=False)
+    assert out is compiled and compiled._orig_mod is model
+    assert fxparam.plan_of(compiled) is fxparam.plan_of(model)
+    assert verify(model).ok
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_peft_and_fsdp_wrappers_are_refused_with_the_fix() -> None:
+    class PeftLike(nn.Module):  # duck type of peft.PeftModel (peft is not installed here)
+        def __init__(self, base: nn.Module) -> None:
+            super().__init__()
+            self.base_model = base
+            self.peft_config = {"default": None}
+
+    model = _gpt()
+    before = _values(model)
+    with pytest.raises(fxparam.LoweringError, match="get_peft_model"):
+        fxparam.transform(PeftLike(model), "mup", base_width=16)
+
+    class FullyShardedDataParallel(nn.Module):  # same class name as torch's FSDP wrapper
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.module = inner
+
+    with pytest.raises(fxparam.LoweringError, match="before fully_shard"):
+        fxparam.transform(FullyShardedDataParallel(model), "mup", base_width=16)
+    assert _same_values(before, _values(model))
+
+
+def test_transformed_marker_survives_deleting_the_plan_attribute() -> None:
+    model = fxparam.transform(_gpt(), "mup", base_width=16)
+    logits_once = model(torch.arange(8)[None])
+    del model._fxparam_plan
+    with pytest.raises(fxparam.AlreadyTransformedError, match="double-scale"):
+        fxparam.transform(model, "mup", base_width=16)
+    torch.testing.assert_close(model(torch.arange(8)[None]), logits_once)  # not scaled a second time
+
+
+def test_case6_a_plan_for_another_width_is_refused() -> None:
+    small = fxparam.plan(_gpt(64), "mup", base_width=32)
+    assert small.multipliers["input:lm_head"] == pytest.approx(32 / 64)
+    wide = _gpt(128)
+    before = _values(wide)
+    with pytest.raises(fxparam.LoweringError, match=r"width 64.*shape\(s\) differ.*plan \[64, 64\] vs model \[128, 128\]"):
+        fxparam.apply_plan(wide, small)
+    assert _same_values(before, _values(wide))
+    # negative control: the plan built on this model applies, with 32/128 = 1/4 at the readout
+    fxparam.apply_plan(wide, fxparam.plan(wide, "mup", base_width=32))
+    assert fxparam.plan_of(wide).multipliers["input:lm_head"] == pytest.approx(0.25)
+    # JSON keeps the fingerprint
+    again = fxparam.Plan.from_json(small.to_json())
+    with pytest.raises(fxparam.LoweringError, match="shape"):
+        fxparam.apply_plan(_gpt(128), again)
+
+
+class WithIntTable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(256, 32)
+        self.lin = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 256)
+        self.table = nn.Parameter(torch.arange(16).view(4, 4), requires_grad=False)  # frozen int64 2-D
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lin(self.emb(idx)) + self.table.sum())
+
+
+def test_case2_a_parameter_fxparam_cannot_handle_is_refused_before_any_change() -> None:
+    model = WithIntTable()
+    idx = torch.randint(0, 256, (2, 8))
+    plan = fxparam.plan(model, "mup", base_width=16, example_inputs=(idx,))
+    plan.params["table"] = plan.params["table"].model_copy(update={"init": "normal", "init_std": 0.02})
+    before = _values(model)
+    with pytest.raises(fxparam.LoweringError, match=r"\['table'\].*torch.int64.*floating-point"):
+        fxparam.apply_plan(model, plan, init=True, example_inputs=(idx,))
+    assert _same_values(before, _values(model))
+    assert all(not m._forward_hooks and type(m).__module__.startswith("torch") for m in model.modules()
+               if m is not model)
+
+
+def test_ddp_with_reinit_is_refused_and_init_false_goes_through(tmp_path: Any) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model = _gpt()
+        ddp = DistributedDataParallel(model)
+        before = _values(model)
+        with pytest.raises(fxparam.LoweringError, match="DistributedDataParallel.*init=False"):
+            fxparam.transform(ddp, "mup", base_width=16)
+        assert _same_values(before, _values(model))
+        reference = fxparam.transform(copy.deepcopy(model), "mup", base_width=16, init=False)
+        assert fxparam.transform(ddp, "mup", base_width=16, init=False) is ddp
+        idx = torch.randint(0, 256, (2, 8))
+        torch.testing.assert_close(ddp(idx), reference(idx))
+    finally:
+        dist.destroy_process_group()
