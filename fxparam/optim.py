@@ -224,14 +224,27 @@ def watch(model: nn.Module) -> None:
 
 
 def _check_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Step pre-hook of every optimizer (installed at the first attach).
+
+    An optimizer whose groups carry ``fxparam_lr_mult`` (built by :func:`optimizer` or from
+    :func:`param_groups`) is checked at every step for the plan's LR ratios (a scheduler that
+    assigns absolute LRs breaks them); any other optimizer is checked once, at its first step,
+    for parameters of different planned LR multipliers sharing one group (SP by accident).
+    """
+    if any("fxparam_lr_mult" in g for g in opt.param_groups):
+        if opt not in _RATIO_WARNED and not ratios_kept(opt):
+            _RATIO_WARNED.add(opt)
+            warnings.warn(_ratio_message(opt), PlanLRWarning, stacklevel=3)
+        return
     if opt in _CHECKED:
         return
     _CHECKED.add(opt)
     if opt in _BUILT:
         return
+    mult_of = _planned_lr_mults(opt)
     for group in opt.param_groups:
-        mults = {_LR_MULT[id(p)] for p in group["params"] if _EXPECTED.get(id(p)) is p}
-        if len(mults) > 1 and "fxparam_lr_mult" not in group:
+        mults = {m for p in group["params"] if (m := mult_of(p, group)) is not None}
+        if len(mults) > 1:
             warnings.warn(
                 "fxparam: this optimizer puts parameters with different planned LR multipliers in one param "
                 "group, so the transformed model trains with a single LR (standard parameterization). "
@@ -239,3 +252,125 @@ def _check_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
                 stacklevel=3,
             )
             return
+
+
+class PlanLRWarning(UserWarning):
+    """A step runs with per-group LRs whose ratios are not the plan's (e.g. a scheduler set one LR for all)."""
+
+
+_RATIO_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def ratios_kept(opt: torch.optim.Optimizer, *, rtol: float = 1e-6) -> bool:
+    """Whether every group's LR is still ``base_lr * fxparam_lr_mult`` for one common ``base_lr``.
+
+    Groups without ``fxparam_lr_mult`` (added by hand) and groups with multiplier 0 are not judged.
+
+    Args:
+        opt: an optimizer built by :func:`optimizer` (or over :func:`param_groups`).
+        rtol: relative tolerance on the implied base LRs.
+
+    Returns:
+        True when the implied base LRs ``lr / fxparam_lr_mult`` agree within ``rtol``.
+    """
+    bases = [float(g["lr"]) / g["fxparam_lr_mult"] for g in opt.param_groups if g.get("fxparam_lr_mult")]
+    if len(bases) < 2:
+        return True
+    hi, lo = max(bases), min(bases)
+    return hi - lo <= rtol * max(abs(hi), abs(lo), 1e-300)
+
+
+def _ratio_message(opt: torch.optim.Optimizer) -> str:
+    parts = ", ".join(
+        f"{g.get('param_names', ['?'])[0]}{'...' if len(g.get('param_names', [])) > 1 else ''}: lr {float(g['lr']):.4g} "
+        f"(planned x{g['fxparam_lr_mult']:.4g})"
+        for g in opt.param_groups[:4]
+        if "fxparam_lr_mult" in g
+    )
+    return (
+        "fxparam: the param groups' LRs no longer keep the plan's ratios (" + parts + "): a scheduler or "
+        "hand-written code assigned absolute LRs, so the model trains with the wrong per-layer LRs. Use "
+        "fxparam.schedules (relative multipliers) or fxparam.schedulers.one_cycle / fxparam.schedulers.adapt, "
+        "which expand max_lr/base_lr per group."
+    )
+
+
+def _planned_lr_mults(opt: torch.optim.Optimizer) -> Any:
+    """``(param, group) -> planned Adam LR multiplier or None``, keyed by FQN.
+
+    Parameters are named through the live attached models (so Parameters replaced by
+    ``load_state_dict(assign=True)`` or FSDP2 ``fully_shard`` are found), through the group's
+    ``param_names`` (torch named param groups), and, for a Parameter of an unregistered copy
+    (``copy.deepcopy`` of a transformed model), by finding its owning transformed module.
+    """
+    from fxparam.plan import ATTACHED_MODELS, PLAN_ATTR
+
+    table: dict[int, float] = {}
+
+    def add_model(model: nn.Module) -> None:
+        plan = getattr(model, PLAN_ATTR, None)
+        if plan is None:
+            return
+        for fqn, p in model.named_parameters():
+            if fqn in plan.params:
+                table[id(p)] = plan.rules_for(fqn).lr_mult
+
+    for model in list(ATTACHED_MODELS):
+        add_model(model)
+    plans = [getattr(m, PLAN_ATTR) for m in list(ATTACHED_MODELS) if getattr(m, PLAN_ATTR, None) is not None]
+    anything_planned = bool(plans) or bool(PLANNED_LR_MULT)
+    unknown = [p for g in opt.param_groups for p in g["params"] if id(p) not in table]
+    if unknown and anything_planned:
+        root = _planned_root_of(unknown[0])  # a copy's Parameters share one root: one search
+        if root is not None:
+            ATTACHED_MODELS.add(root)
+            add_model(root)
+
+    def mult_of(p: torch.Tensor, group: dict[str, Any]) -> float | None:
+        if id(p) in table:
+            return table[id(p)]
+        names = group.get("param_names")
+        if names:
+            name = names[[id(q) for q in group["params"]].index(id(p))]
+            for plan in plans:
+                if name in plan.params:
+                    return plan.rules_for(name).lr_mult
+        return PLANNED_LR_MULT.get(id(p)) if PLANNED_PARAMS.get(id(p)) is p else None
+
+    return mult_of
+
+
+def _planned_root_of(param: torch.Tensor, max_levels: int = 32) -> nn.Module | None:
+    """The transformed module (one holding a plan) that owns ``param``, found by walking up the module tree.
+
+    Uses :func:`gc.get_referrers` (a Parameter knows no owner): the dict holding it is a module's
+    ``_parameters``; that module sits in a parent's ``_modules``, and so on. Runs at most once per
+    optimizer, at its first step, only when it holds Parameters of no attached model.
+    """
+    import gc
+
+    from fxparam.plan import PLAN_ATTR
+
+    frontier: list[Any] = [param]
+    seen: set[int] = set()
+    for _ in range(max_levels):
+        parents: list[nn.Module] = []
+        for obj in frontier:
+            for d in gc.get_referrers(obj):
+                if not isinstance(d, dict) or id(d) in seen:
+                    continue
+                seen.add(id(d))
+                # d is a module's _parameters/_modules; the module refers to it through its __dict__
+                holders = gc.get_referrers(d)
+                holders += [o for h in holders if isinstance(h, dict) for o in gc.get_referrers(h)]
+                for m in holders:
+                    if isinstance(m, nn.Module) and (
+                        m.__dict__.get("_parameters") is d or m.__dict__.get("_modules") is d
+                    ):
+                        if m.__dict__.get(PLAN_ATTR) is not None:
+                            return m
+                        parents.append(m)
+        if not parents:
+            return None
+        frontier = parents
+    return None

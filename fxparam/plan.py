@@ -185,6 +185,9 @@ PLAN_ATTR = "_fxparam_plan"
 PLANNED_PARAMS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 #: ... and its planned Adam-rule LR multiplier (``ParamPlan.lr_mult`` of the rules governing it).
 PLANNED_LR_MULT: dict[int, float] = {}
+#: Every attached module (weakly): the optimizer check maps Parameters to FQNs through it at step
+#: time, so the check survives ``load_state_dict(assign=True)`` and FSDP2 (new Parameter objects).
+ATTACHED_MODELS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _ON_ATTACH: list[Callable[[], None]] = []
 
 
@@ -231,6 +234,7 @@ def record_lr_mults(model: nn.Module, plan: Plan) -> None:
     for name, p in unwrap(model).named_parameters():
         PLANNED_PARAMS[id(p)] = p
         PLANNED_LR_MULT[id(p)] = plan.rules_for(name).lr_mult
+    ATTACHED_MODELS.add(unwrap(model))
     for fn in _ON_ATTACH:
         fn()
 

@@ -271,12 +271,102 @@ def lr_values(
     return float(peak_lr) * sched.values()
 
 
-def scheduler(optimizer: torch.optim.Optimizer, schedule: str | Schedule, **kwargs: Any) -> LambdaLR:
+#: What :class:`ScheduleLR` does when a checkpoint's schedule differs from the one it was built with.
+OnResize = Literal["raise", "rescale", "continue"]
+
+
+class ScheduleLR(LambdaLR):
+    """A ``LambdaLR`` over one :class:`Schedule` that refuses to silently resume a different schedule.
+
+    ``LambdaLR.load_state_dict`` copies the saved schedule over the new one, so resuming a D2Z run
+    with a longer ``total_steps`` would keep the old length and train on at LR 0. ``ScheduleLR``
+    compares the saved schedule with its own and, per ``on_resize``:
+
+    - ``"raise"`` (default): :class:`~fxparam.errors.RecipeError` naming both schedules;
+    - ``"rescale"``: keep the new schedule and map the step to the same fraction of the run,
+      ``t_new = round(t_old * T_new / T_old)`` (the LR continues from where it was, then decays
+      over the longer run);
+    - ``"continue"``: keep the new schedule at the saved step ``t_old`` (the LR jumps to the new
+      schedule's value at that step).
+
+    The group LRs are set from the new schedule right away in both cases.
+
+    Args:
+        optimizer: any torch optimizer; each group's ``lr`` at construction is its peak LR.
+        schedule: the :class:`Schedule`.
+        on_resize: ``"raise"``, ``"rescale"`` or ``"continue"``.
+
+    Raises:
+        RecipeError: unknown ``on_resize``; on ``load_state_dict`` with a different saved schedule
+            and ``on_resize="raise"``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, *, on_resize: OnResize = "raise") -> None:
+        if on_resize not in ("raise", "rescale", "continue"):
+            raise RecipeError(f"ScheduleLR: on_resize must be 'raise', 'rescale' or 'continue', got {on_resize!r}")
+        self._fx_schedule = schedule
+        self._fx_on_resize = on_resize
+        super().__init__(optimizer, lr_lambda=schedule)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("_fx_schedule", None)
+        state.pop("_fx_on_resize", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        mine = self._fx_schedule
+        saved = [fn for fn in state_dict.get("lr_lambdas", []) if fn is not None]
+        fields = mine.model_dump()
+        if not saved or all({k: fn.get(k) for k in fields} == fields for fn in saved):
+            super().load_state_dict(state_dict)
+            return
+        try:
+            old = Schedule(**{k: v for k, v in saved[0].items() if k in fields})
+        except ValidationError:
+            old = None
+        t_old = int(state_dict.get("last_epoch", 0))
+        if self._fx_on_resize == "raise":
+            raise RecipeError(
+                f"ScheduleLR.load_state_dict: the checkpoint's schedule ({_describe(old, saved[0])}, at update "
+                f"{t_old}) differs from this run's ({_describe(mine, fields)}); a plain LambdaLR would silently keep "
+                "the old one. Pass on_resize='rescale' (same fraction of the run) or 'continue' (same step) to "
+                "the scheduler, or build it with the checkpoint's schedule"
+            )
+        state = {k: v for k, v in state_dict.items() if k != "lr_lambdas"}
+        state["lr_lambdas"] = [None] * len(self.lr_lambdas)  # keep this run's schedule
+        super().load_state_dict(state)
+        if self._fx_on_resize == "rescale" and old is not None:
+            self.last_epoch = round(t_old * mine.total_steps / old.total_steps)
+        values = [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
+            group["lr"] = lr
+        self._last_lr = values
+
+
+def _describe(schedule: Schedule | None, fields: dict[str, Any]) -> str:
+    if schedule is None:
+        return f"{fields}"
+    return (
+        f"{schedule.kind}, total_steps={schedule.total_steps}, warmup_steps={schedule.warmup_steps}, "
+        f"final_fraction={schedule.final_fraction:g}"
+    )
+
+
+def scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str | Schedule, *, on_resize: OnResize = "raise", **kwargs: Any
+) -> ScheduleLR:
     """A ``LambdaLR`` applying ``schedule`` to every param group relative to its own initial LR.
 
     Args:
         optimizer: any torch optimizer; each group's ``lr`` at construction is its peak LR.
         schedule: a :class:`Schedule` or a name; ``kwargs`` go to :func:`make_schedule`.
+        on_resize: what ``load_state_dict`` does with a checkpoint of a different schedule (e.g. a
+            resume with a longer D2Z run): ``"raise"``, ``"rescale"`` or ``"continue"`` (see
+            :class:`ScheduleLR`).
+
+    Raises:
+        RecipeError: not an optimizer; bad schedule arguments; see :class:`ScheduleLR`.
 
     Example:
         >>> w = torch.nn.Parameter(torch.zeros(1))
@@ -290,23 +380,31 @@ def scheduler(optimizer: torch.optim.Optimizer, schedule: str | Schedule, **kwar
             f"scheduler: expected a torch.optim.Optimizer, got {type(optimizer).__name__}; "
             "build the optimizer first, then the scheduler"
         )
-    return LambdaLR(optimizer, lr_lambda=make_schedule(schedule, **kwargs))
+    return ScheduleLR(optimizer, make_schedule(schedule, **kwargs), on_resize=on_resize)
 
 
-def d2z(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int | None = None) -> LambdaLR:
+def d2z(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int | None = None,
+    on_resize: OnResize = "raise",
+) -> ScheduleLR:
     """Warmup then linear decay to exactly zero at the last update (D2Z), as a ``LambdaLR``.
 
     Args:
         optimizer: the optimizer; each group keeps its own peak LR (muP multipliers survive).
         total_steps: number of optimizer updates.
         warmup_steps: linear warmup updates (default 10% of ``total_steps``).
+        on_resize: resuming a checkpoint of a different schedule: ``"raise"``, ``"rescale"`` or
+            ``"continue"`` (see :class:`ScheduleLR`).
 
     Example:
         >>> w = torch.nn.Parameter(torch.zeros(1))
         >>> opt = torch.optim.AdamW([w], lr=1e-3)
         >>> sched = d2z(opt, total_steps=1000, warmup_steps=100)
     """
-    return scheduler(optimizer, "d2z", total_steps=total_steps, warmup_steps=warmup_steps)
+    return scheduler(optimizer, "d2z", total_steps=total_steps, warmup_steps=warmup_steps, on_resize=on_resize)
 
 
 def linear_decay(
@@ -384,6 +482,7 @@ __all__ = [
     "DEFAULT_WSD_DECAY_FRACTION",
     "SCHEDULE_NAMES",
     "Schedule",
+    "ScheduleLR",
     "constant",
     "cosine",
     "d2z",
