@@ -430,10 +430,10 @@ class StructureFinder:
             site.block = site.output_modules[0] if site.output_modules else self.mg.owner.get(site.add, "")
         block = site.block
         branches = []
-        for p, out_mod in zip(producers, site.output_modules):
+        for p, out_mod in zip(producers, outputs):
             pstack = self.mg.stack.get(p, [])
             child = next((m for m in pstack if m.startswith(block + ".") and m.count(".") == block.count(".") + 1), None)
-            branches.append(child or out_mod)
+            branches.append(child or out_mod or block)
         site.branches = branches
 
     # ----------------------------------------------------------------- roles
