@@ -153,9 +153,12 @@ class Plan(_Rec):
              f"{p.wd_mult:.4g}", f"{p.eps_mult:.4g}", f"{p.density:.3g}", p.tied_to or ""]
             for n, p in self.params.items()
         ]
-        lines = [head, ""] + _table(rows, ["parameter", "role", "init", "lr", "wd", "eps", "density", "tied to"])
+        from fxparam._fold import fold_rows  # blocks.{0..23}.attn.q: one row per repeated parameter
+
+        lines = [head, ""] + _table(fold_rows(rows), ["parameter", "role", "init", "lr", "wd", "eps", "density", "tied to"])
         if self.multipliers:
-            lines += ["", "forward multipliers:"] + [f"  {m}: x{v:.4g}" for m, v in self.multipliers.items()]
+            folded = fold_rows([[m, f"{v:.4g}"] for m, v in self.multipliers.items()])
+            lines += ["", "forward multipliers:"] + [f"  {m}: x{v}" for m, v in folded]
         if self.attention:
             first = next(iter(self.attention.items()))
             lines += ["", f"attention logit scale: {first[1].previous:.4g} -> {first[1].scale:.4g} "

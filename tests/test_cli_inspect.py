@@ -38,7 +38,7 @@ def test_inspect_plan_shows_multipliers_and_density(capsys):
     assert main(["inspect", "gpt", "--width", "128", "--depth", "2", "--plan", "completep+supar",
                  "--base-width", "64", "--base-depth", "1", "--density", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "density" in out and "0.5" in out and "blocks.1.mlp.proj" in out
+    assert "density" in out and "0.5" in out and "blocks.{0,1}.mlp.proj" in out
 
 
 def test_inspect_plan_missing_base_width_is_one_line(capsys):
@@ -138,3 +138,30 @@ def test_user_factory_in_current_directory(tmp_path, monkeypatch, capsys):
     assert "depth 3" in capsys.readouterr().out
     assert main(["inspect", "h4_user_model:make_fixed", "--vocab", "100"]) == 2  # option not honoured: loud
     assert "takes no 'vocab' argument" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- repeated blocks fold (case 6)
+
+
+def test_inspect_and_plan_fold_repeated_blocks(capsys):
+    assert main(["inspect", "gpt", "--width", "256", "--depth", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.{0..23}.attn.qkv.weight" in out and "blocks.5." not in out
+    argv = ["inspect", "gpt", "--width", "256", "--depth", "24", "--plan", "completep",
+            "--base-width", "64", "--base-depth", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 45  # 24 blocks x 12 parameters + 48 multipliers unfolded: > 330
+    assert "blocks.{0..23}.mlp.proj.weight" in out and "blocks.{0..23}.mlp.proj: x0.1667" in out  # 1/(24/4)
+
+
+def test_fold_keeps_a_differing_block_and_refuses_partial_grids():
+    from fxparam._fold import fold_rows
+
+    rows = [[f"blocks.{i}.w", "hidden", "0.25" if i else "1"] for i in range(4)]
+    assert fold_rows(rows) == [["blocks.0.w", "hidden", "1"], ["blocks.{1..3}.w", "hidden", "0.25"]]
+    grid = [["l.0.e.0.w", "x"], ["l.0.e.1.w", "x"], ["l.1.e.0.w", "x"], ["l.1.e.1.w", "x"]]
+    assert fold_rows(grid) == [["l.{0,1}.e.{0,1}.w", "x"]]
+    partial = grid[:3]  # l.1.e.1 missing: a folded name would claim it
+    assert fold_rows(partial) == [list(r) for r in partial]
+    assert fold_rows([["h.10.w", "x"], ["h.9.w", "x"], ["h.11.w", "x"]]) == [["h.{9..11}.w", "x"]]

@@ -25,6 +25,9 @@ def format_analysis(a: Analysis, *, max_rows: int = 60) -> str:
     for name, p in a.params.items():
         dims = ("W" if p.fan_in_width else "-") + ("W" if p.fan_out_width else "-")
         rows.append([name, p.role, "x".join(map(str, p.shape)), dims, p.tied_to or ""])
+    from fxparam._fold import fold_rows  # blocks.{0..23}.attn.q: one row per repeated parameter
+
+    rows = fold_rows(rows)
     if len(rows) > max_rows:
         rows = rows[: max_rows // 2] + [["...", "", "", "", ""]] + rows[-max_rows // 2 :]
     lines += _table(rows, ["parameter", "role", "shape", "in/out width", "tied to"])
