@@ -8,6 +8,8 @@ import torch.nn as nn
 
 from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
 from fxparam.analysis.graph import build_graph
+from fxparam.analysis.dims import DimAnalysis
+from fxparam.analysis.roles import override, param_role, warn_unclassified
 from fxparam.analysis.structure import StructureFinder
 from fxparam.capture import Capture, capture
 
@@ -24,24 +26,39 @@ def _module_of(fqn: str) -> str:
     return fqn.rpartition(".")[0]
 
 
-def analyse(model: nn.Module, example_inputs: Any = None, *, cap: Capture | None = None) -> Analysis:
-    """Analyse ``model`` without modifying it (see ``fxparam.inspect``)."""
+def analyse(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    cap: Capture | None = None,
+    roles: dict[str, str] | None = None,
+    changed: dict[str, list[int]] | None = None,
+) -> Analysis:
+    """Analyse ``model`` without modifying it (see ``fxparam.inspect``).
+
+    Args:
+        roles: user overrides ``{"fqn" or "re:pattern": "embedding"|"hidden"|"readout"|"vector"|"frozen"}``.
+        changed: ``{skeleton param FQN: axes that grow}`` from a capture at a second width
+            (``fxparam.analysis.rebuild``); cross-checks the dimension analysis.
+    """
     cap = cap or capture(model, example_inputs)
     mg = build_graph(cap)
     sf = StructureFinder(mg)
-    width = sf.width()
+    dims = DimAnalysis(mg, [s.add for s in sf.sites], changed=changed)
+    width = dims.width if dims.width is not None else sf.width()
 
-    # --- per skeleton parameter: uses and role ---------------------------------------
+    # --- per skeleton parameter: roles from width dims (fxparam.analysis.roles) ---------
     skel_info: dict[str, dict[str, Any]] = {}  # skeleton FQN of the use's alias -> fields
     for pnode, fqn in mg.param_of.items():
-        shape = list(mg.shape(pnode) or [])
-        uses = sf.uses.get(pnode, [])
+        uses = dims.contractions.get(pnode, [])
         aliases = _aliases(cap, fqn)
         # Each alias gets the role of the uses its own module performs (tied weights:
         # the embedding alias gets the embedding rules, the lm_head alias the readout).
         for alias in aliases:
-            own = [u for u in uses if u.owner == _module_of(alias)] or uses
-            skel_info[alias] = _role(sf, shape, own, width)
+            own = [u for u in uses if mg.owner.get(u.op, "") == _module_of(alias)]
+            if len(aliases) == 1 or not own:
+                own = uses
+            skel_info[alias] = param_role(mg, sf, dims, pnode, alias, own)
         tied_primary = _primary(aliases, skel_info)
         for alias in aliases:
             if alias != tied_primary:
@@ -50,15 +67,25 @@ def analyse(model: nn.Module, example_inputs: Any = None, *, cap: Capture | None
     # --- expand to the model's real FQNs --------------------------------------------
     groups = tied_groups(model)
     params: dict[str, ParamInfo] = {}
+    notes: list[str] = []
+    warned: set[str] = set()
     for name, p in model.named_parameters(remove_duplicate=False):
         skel = cap.skeleton_name(name)
         info = dict(skel_info.get(skel) or _unused(list(p.shape)))
         if info.get("tied_to"):
             info["tied_to"] = _real_like(info["tied_to"], name, skel)
+        if info.get("multiplier_at"):
+            info["multiplier_at"] = _real_like(info["multiplier_at"], name, skel)
         info["module"] = _module_of(name)
         block = sf.block_of(_prefixes(skel))
         info["block"] = _real_like(block, name, skel) if block else None
+        info = override(name, info, roles)
+        warning = info.pop("warning", None)
+        if warning and not info.get("tied_to") and skel not in warned:
+            warned.add(skel)
+            notes.append(warning.replace(skel, name))
         params[name] = ParamInfo(**info)
+    warn_unclassified(notes)
 
     residuals: list[ResidualSite] = []
     blocks: list[str] = []
@@ -115,6 +142,7 @@ def analyse(model: nn.Module, example_inputs: Any = None, *, cap: Capture | None
         tied=groups,
         norms=norms,
         capture_method=cap.method,
+        notes=notes,
         capture_seconds=round(cap.seconds, 4),
     )
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Role = Literal["embedding", "hidden", "readout", "vector"]
+Role = Literal["embedding", "hidden", "readout", "vector", "frozen"]
 
 
 class _Fact(BaseModel):
@@ -27,6 +27,12 @@ class ParamInfo(_Fact):
         block: FQN of the residual block it sits in, if any.
         tied_to: for an alias of a shared Parameter, the FQN that owns the rules.
         used: False when the parameter never appears in the captured forward.
+        width_dims: the tensor axes that are width dims (tied to the residual stream or
+            derived from it), from dimension identities (fxparam.analysis.dims).
+        reason: why this role, in a few words (the use, its fan-in and fan-out dims).
+        multiplier_at: where the readout multiplier alpha_out/m_d goes (a Plan.multipliers
+            key: ``input:<module>`` or a module whose output is the readout's input), for
+            readouts and for an embedding table that is also read out functionally.
     """
 
     role: Role
@@ -40,6 +46,9 @@ class ParamInfo(_Fact):
     block: str | None = None
     tied_to: str | None = None
     used: bool = True
+    width_dims: list[int] = Field(default_factory=list)
+    reason: str = ""
+    multiplier_at: str | None = None
 
 
 class ResidualSite(_Fact):
@@ -112,6 +121,7 @@ class Analysis(_Fact):
     tied: list[list[str]]
     norms: list[NormSite]
     capture_method: str = "export"
+    notes: list[str] = Field(default_factory=list, description="warnings and decisions (unclassified parameters...)")
     capture_seconds: float = 0.0
 
     def to_json(self, **kwargs: object) -> str:
