@@ -15,9 +15,21 @@ from fxparam.errors import ConfigError
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: an inf multiplier or std is refused, not turned into NaN logits (issue 14)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     version: int = Field(1, description="config schema version (for saved plans)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """``base_width=True`` is a mistake, not the width 1 (bool is an int subclass in Python)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and "bool" not in str(field.annotation):
+                    raise ValueError(f"{key} must be a number, got {value!r}: pass e.g. {key}=256")
+        return data
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -170,6 +182,17 @@ class Composed(_Config):
         bases = [c for c in self.configs if isinstance(c, (SP, MuP))]
         if len(bases) > 1:
             raise ValueError(f"compose at most one of SP/MuP/CompleteP, got {[c.kind for c in bases]}")
+        depth = [c.kind for c in self.configs if isinstance(c, (CompleteP, DepthScaled))]
+        if len(depth) > 1:
+            raise ValueError(
+                f"{'+'.join(depth)} applies the depth rule (residual branches x 1/m_L^alpha) twice: CompleteP "
+                "already includes it; use 'completep' alone, or 'mup+depthscaled'"
+            )
+        kinds = [c.kind for c in self.configs]
+        twice = sorted({k for k in kinds if kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]!r} appears {kinds.count(twice[0])} times: each pass applies once; "
+                             f"list it once (e.g. '{'+'.join(dict.fromkeys(kinds))}')")
         return self
 
 
@@ -215,6 +238,17 @@ def resolve_config(config: str | AnyConfig, **kwargs: Any) -> AnyConfig:
     Keyword arguments are handed to each named config that has a field of that name; a
     keyword no config knows is an error (typos must not be silently ignored).
     """
+    if isinstance(config, type) and issubclass(config, _Config):
+        raise ConfigError(
+            f"config is the class {config.__name__}, not a config: pass an instance, e.g. "
+            f"fxparam.{config.__name__}(base_width=256), or its name {config.__name__.lower()!r}"
+        )
+    if not isinstance(config, (str, _Config)):
+        hint = " (a saved config dict: fxparam.configs.config_from_json(d))" if isinstance(config, dict) else ""
+        raise ConfigError(
+            f"config must be a name such as 'mup' or 'completep+supar', or a config object such as "
+            f"fxparam.CompleteP(base_width=256, base_depth=4); got {type(config).__name__}{hint}"
+        )
     if not isinstance(config, str):
         if kwargs:
             raise ConfigError(

@@ -225,6 +225,12 @@ def plan_of(model: nn.Module) -> Plan:
         LoweringError: ``model`` was never transformed by fxparam.
     """
     plan = getattr(unwrap(model), PLAN_ATTR, None)
+    if plan is None and getattr(getattr(unwrap(model), "config", None), "fxparam_plan", None):
+        raise LoweringError(
+            f"{type(model).__name__} was loaded from a checkpoint of a transformed model (its config carries an "
+            "fxparam plan) without applying that plan, so it computes another function than the saved model: "
+            "load it with fxparam.from_pretrained(cls, path)"
+        )
     if plan is None:
         raise LoweringError(
             f"{type(model).__name__} was not transformed by fxparam: call fxparam.transform(model, ...) first"
