@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from statistics import NormalDist
 from typing import Any, Literal
 
 import torch
@@ -86,11 +87,38 @@ DEPTH_BANDS: dict[str, Band] = {"residual": Band(init=(-math.inf, math.inf), tra
 CONTROL_THRESHOLD = 0.6
 
 
+#: The bands above were calibrated on means over this many seeds.
+CALIBRATION_SEEDS = 3
+#: Probability that seed noise alone fails a correct model, over all slopes judged together.
+FALSE_FAILURE = 0.05
+
+
+class SlopeNoise(BaseModel):
+    """Seed-to-seed standard deviation of one seed's slope, for one kind of activation.
+
+    Attributes:
+        kind: activation kind.
+        sd: standard deviation of the slope of a single seed.
+        dof: degrees of freedom of the estimate.
+        source: ``"seeds"`` (spread of per-seed slopes) or ``"residuals"`` (scatter of the
+            seed-mean points about their fitted line, one seed's share).
+    """
+
+    model_config = ConfigDict(frozen=True)
+    kind: str
+    sd: float
+    dof: int
+    source: Literal["seeds", "residuals"]
+
+
 class Verdict(BaseModel):
     invariant: bool
     failures: list[Slope]
     worst: Slope | None
     table: str
+    bands: dict[str, Band] = {}  # the bands applied (widened for fewer seeds than the calibration)
+    allowance: dict[str, float] = {}  # kind -> how much each band was widened on both sides
+    note: str = ""  # how the noise was accounted for (or why it could not be)
 
     def __bool__(self) -> bool:
         return self.invariant
@@ -131,6 +159,55 @@ class CoordCheck(BaseModel):
             out.append(Slope(kind=kind, key=key, step=step, stat=stat, axis=axis, slope=_fit(pts)))
         return out
 
+    def seeds(self) -> list[int]:
+        """The seeds recorded."""
+        return sorted({r.seed for r in self.records})
+
+    def slope_noise(self, axis: Axis = "width", stat: Stat = "rms") -> dict[str, SlopeNoise]:
+        """Seed noise of a single seed's slope, per kind of activation, estimated from this run.
+
+        With two or more seeds: the spread of per-seed slopes of each site and step, pooled
+        over the sites and steps of a kind. With one seed and three or more sizes: the scatter
+        of the points about each fitted line (residual variance, pooled over sites and steps,
+        ``n - 2`` degrees of freedom per line) divided by ``sum (x - mean x)^2``. With one seed
+        and two sizes nothing can be estimated: the kind is absent.
+        """
+        n_seeds = len(self.seeds())
+        per_seed: dict[tuple[str, str, int, int, int], list[tuple[float, float]]] = defaultdict(list)
+        for r in self.records:
+            value = getattr(r, stat)
+            if value > 0 and math.isfinite(value):
+                x = r.width if axis == "width" else r.depth
+                fixed = r.depth if axis == "width" else r.width
+                per_seed[(r.kind, r.key, r.step, fixed, r.seed)].append((math.log2(x), math.log2(value)))
+        ss: dict[str, float] = defaultdict(float)
+        dof: dict[str, int] = defaultdict(int)
+        if n_seeds >= 2:
+            slopes: dict[tuple[str, str, int, int], list[float]] = defaultdict(list)
+            for (kind, key, step, fixed, _seed), pts in per_seed.items():
+                if len({p[0] for p in pts}) >= 2:
+                    slopes[(kind, key, step, fixed)].append(_fit(pts))
+            for (kind, *_), values in slopes.items():
+                if len(values) >= 2:
+                    mean = sum(values) / len(values)
+                    ss[kind] += sum((v - mean) ** 2 for v in values)
+                    dof[kind] += len(values) - 1
+            return {k: SlopeNoise(kind=k, sd=math.sqrt(ss[k] / dof[k]), dof=dof[k], source="seeds")
+                    for k in ss if dof[k] > 0}
+        sxx: dict[str, list[float]] = defaultdict(list)
+        for (kind, _key, _step, _fixed, _seed), pts in per_seed.items():
+            xs = {p[0] for p in pts}
+            if len(xs) < 3:
+                continue
+            b = _fit(pts)
+            mx = sum(p[0] for p in pts) / len(pts)
+            my = sum(p[1] for p in pts) / len(pts)
+            ss[kind] += sum((p[1] - my - b * (p[0] - mx)) ** 2 for p in pts)
+            dof[kind] += len(pts) - 2
+            sxx[kind].append(sum((p[0] - mx) ** 2 for p in pts))
+        return {k: SlopeNoise(kind=k, sd=math.sqrt(ss[k] / dof[k] / (sum(sxx[k]) / len(sxx[k]))), dof=dof[k],
+                              source="residuals") for k in ss if dof[k] > 0}
+
     def verdict(
         self,
         axis: Axis = "width",
@@ -138,10 +215,45 @@ class CoordCheck(BaseModel):
         bands: dict[str, Band] | None = None,
         min_step: int = 0,
         stat: Stat = "rms",
+        calibration_seeds: int = CALIBRATION_SEEDS,
+        false_failure: float = FALSE_FAILURE,
     ) -> Verdict:
-        """Whether every slope lies in its band (kinds without a band are not judged)."""
+        """Whether every slope lies in its band (kinds without a band are not judged).
+
+        Bands account for the number of seeds. They were calibrated on means over
+        ``calibration_seeds`` seeds; a mean over ``s`` seeds has slope variance ``sd^2 / s``
+        (``sd`` from :meth:`slope_noise`, this run's own seed noise). With fewer seeds than the
+        calibration the extra standard error ``sqrt(sd^2 / s - sd^2 / calibration_seeds)`` widens
+        each band on both sides, ``z`` times, with ``z`` the two-sided normal quantile at
+        ``false_failure / m`` for the ``m`` slopes judged (Bonferroni): seed noise alone then
+        fails a correct model with probability at most about ``false_failure`` beyond the
+        calibration's own. With as many seeds as the calibration or more, the bands are used as
+        calibrated. When the noise cannot be estimated (one seed, two sizes) the bands are used
+        as they are and ``note`` says so.
+        """
         bands = bands or (WIDTH_BANDS if axis == "width" else DEPTH_BANDS)
         slopes = [s for s in self.slopes(axis, stat) if s.step >= min_step and s.kind in bands]
+        n_seeds = len(self.seeds())
+        allowance: dict[str, float] = {}
+        note = ""
+        if slopes and n_seeds < calibration_seeds:
+            noise = self.slope_noise(axis, stat)
+            z = NormalDist().inv_cdf(1 - false_failure / (2 * len(slopes)))
+            extra = math.sqrt(1 / n_seeds - 1 / calibration_seeds)
+            allowance = {k: z * n.sd * extra for k, n in noise.items() if k in bands}
+            missing = sorted({s.kind for s in slopes} - set(allowance))
+            if allowance:
+                note = (f"{n_seeds} seed(s) < {calibration_seeds} of the calibration: bands widened by "
+                        + ", ".join(f"{k} {a:.2f}" for k, a in sorted(allowance.items()))
+                        + f" (z = {z:.2f} x this run's seed noise x sqrt(1/{n_seeds} - 1/{calibration_seeds}))")
+            if missing:
+                note += ("; " if note else "") + (
+                    f"seed noise of {', '.join(missing)} not estimable ({n_seeds} seed, "
+                    f"{len({s.step for s in slopes})} step(s), too few sizes): bands as calibrated for "
+                    f"{calibration_seeds} seeds; use more seeds or three or more sizes")
+            bands = {k: Band(init=(b.init[0] - allowance.get(k, 0.0), b.init[1] + allowance.get(k, 0.0)),
+                             trained=(b.trained[0] - allowance.get(k, 0.0), b.trained[1] + allowance.get(k, 0.0)))
+                     for k, b in bands.items()}
         failures = []
         for s in slopes:
             lo, hi = bands[s.kind].init if s.step == 0 else bands[s.kind].trained
@@ -152,7 +264,7 @@ class CoordCheck(BaseModel):
             return Verdict(invariant=False, failures=[], worst=None,
                            table=f"no activation could be compared across {axis} (need >= 2 {axis}s)")
         return Verdict(invariant=not failures, failures=failures, worst=worst,
-                       table=format_slopes(slopes, bands, axis))
+                       table=format_slopes(slopes, bands, axis), bands=bands, allowance=allowance, note=note)
 
     def max_growth(self, axis: Axis = "width", *, min_step: int = 1, stat: Stat = "rms") -> float:
         """Largest slope after ``min_step`` steps: the negative-control statistic."""

@@ -145,7 +145,10 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
             # muP logit scale a_attn/d_head against SP's 1/sqrt(d_head), applied as a RATIO to the
             # model's own scale: per-layer factors (GPT-2's 1/layer, T5's 1.0) survive, and at the
             # base head dim the ratio is 1 (the transformed model equals the original).
-            ratio = a_attn / site.head_dim * math.sqrt(site.head_dim)
+            if cfg.attn_multiplier is None:  # sqrt(d_base)/d over 1/sqrt(d): exactly 1 at the base head dim
+                ratio = math.sqrt(base_head_dim / site.head_dim)
+            else:
+                ratio = a_attn / math.sqrt(site.head_dim)
             plan.attention[site.module] = AttentionPlan(
                 scale=site.scale * ratio,
                 previous=site.scale,
