@@ -1,0 +1,269 @@
+"""Fold a transformed model into plain weights: an ordinary model of the same class, no hooks.
+
+Every forward multiplier of the plan is absorbed into the weights of the module it acts on:
+
+- output multiplier ``f`` on a Linear (``y = f (W x + b)``): ``W <- f W``, ``b <- f b`` (residual
+  branch multipliers 1/m_L^alpha sit on the branch's last matmul, CompleteP / Dey et al. 2025);
+- input multiplier ``f`` on a Linear (``y = W (f x) + b``, the muP readout alpha_out/m_d,
+  Yang et al. 2021 Table 3): ``W <- f W``;
+- output multiplier ``f`` on an Embedding (alpha_in): ``W <- f W``;
+- attention logit scale ``s`` where the module's own is ``s0`` (muP 1/d vs 1/sqrt(d)): the
+  query projection's rows are multiplied by ``s / s0`` (``q_proj`` / ``query`` / ``to_q``, or the
+  first third of a fused ``qkv`` / ``c_attn`` / ``in_proj``), the module's scale attribute
+  returns to ``s0`` - the value its class computes from its config, so a plain
+  ``from_pretrained`` rebuilds the same module.
+
+``ScaledLinear`` goes back to ``nn.Linear``, swapped norms (GNS) to their own class; hooks,
+SμPar mask guards and mask buffers go (the masked entries are zero in the weights; a
+folded model is for inference/export: training it would not keep the masks), and so do
+the recorded plan and ``config.fxparam_plan``.
+
+A weight shared by two uses with different factors (a tied embedding/readout: alpha_in
+on one side, alpha_out/m_d on the other) cannot absorb both: it is listed in the error,
+and ``untie=True`` gives the readout its own copy (and sets ``config.tie_word_embeddings =
+False`` on Hugging Face models).  Whatever is folded is checked: the folded model's
+outputs must equal the transformed model's (fp32, relative 1e-4) on example inputs, or
+:class:`~fxparam.LoweringError` is raised and the user's model is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from fxparam.errors import LoweringError
+
+__all__ = ["fold"]
+
+_QUERY = ("q_proj", "query", "q", "to_q", "wq", "q_lin", "query_proj")
+_FUSED = ("qkv", "c_attn", "Wqkv", "qkv_proj", "query_key_value_fused", "in_proj")
+
+
+@dataclass
+class _Factors:
+    """Per-row factors of each Parameter (by id), and which uses asked for them."""
+
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    uses: dict[int, list[tuple[str, torch.Tensor]]] = field(default_factory=dict)
+    params: dict[int, nn.Parameter] = field(default_factory=dict)
+
+    def scale(self, use: str, param: nn.Parameter | None, factor: torch.Tensor | float) -> None:
+        if param is None:
+            return
+        rows = torch.ones(param.shape[0], dtype=torch.float64) if param.ndim else torch.ones((), dtype=torch.float64)
+        rows = rows * (factor if isinstance(factor, torch.Tensor) else float(factor))
+        key = id(param)
+        self.params[key] = param
+        self.uses.setdefault(key, []).append((use, rows))
+
+
+def _plain_class(cls: type) -> type:
+    for base in cls.__mro__:
+        if not base.__module__.startswith(("fxparam.lowering", "fxparam.kernels")):
+            return base
+    return nn.Module
+
+
+def _query_rows(attn: nn.Module, ratio: float) -> tuple[nn.Module, torch.Tensor] | tuple[None, None]:
+    """(module holding the query projection, per-row factor of its weight) in an attention module."""
+    for name in _QUERY:
+        lin = getattr(attn, name, None)
+        if isinstance(lin, nn.Linear):
+            return lin, torch.full((lin.out_features,), ratio, dtype=torch.float64)
+    for name in _FUSED:
+        lin = getattr(attn, name, None)
+        if isinstance(lin, nn.Linear) and lin.out_features % 3 == 0:
+            rows = torch.ones(lin.out_features, dtype=torch.float64)
+            rows[: lin.out_features // 3] = ratio
+            return lin, rows
+    if isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None:
+        rows = torch.ones(3 * attn.embed_dim, dtype=torch.float64)
+        rows[: attn.embed_dim] = ratio
+        return attn, rows
+    return None, None
+
+
+def _outputs(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    from fxparam.lowering.verify import _first_tensor, _logits
+
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _first_tensor(_logits(model(*args, **kwargs)))
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    if out is None:
+        raise LoweringError(f"fxparam.fold: {type(model).__name__}'s output is not a tensor to compare")
+    return out.float()
+
+
+def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, inplace: bool = False) -> nn.Module:
+    """An ordinary model of the same class whose weights absorb every fxparam multiplier.
+
+    Args:
+        model: an eager-transformed model (wrappers are looked through).
+        untie: give a tied readout its own weight when the tied uses need different factors
+            (the folded model then has one more Parameter; HF configs get
+            ``tie_word_embeddings=False``).
+        example_inputs: inputs for the equality check (optional for GPT / HF models).
+        inplace: fold ``model`` itself instead of a deep copy.
+
+    Returns:
+        The folded model (a copy unless ``inplace``): same class, no fxparam hooks or classes,
+        no plan; outputs equal the transformed model's within fp32 tolerance.
+
+    Raises:
+        LoweringError: the model was not transformed; a multiplier that cannot be absorbed
+            (listed, with ``untie=True`` where tying is the reason); or folded outputs that
+            differ from the transformed model's.
+
+    Example:
+        >>> model = fxparam.transform(hf_model("llama"), "completep", base_width=32, base_depth=1)
+        >>> plain = fxparam.fold(model)
+        >>> plain.save_pretrained("folded/")  # loads with plain transformers
+    """
+    from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, ScaledLinear
+    from fxparam.lowering.verify import _probe_inputs, _state_factors
+    from fxparam.plan import PLAN_ATTR, plan_of, unwrap
+
+    source = unwrap(model)
+    plan = plan_of(source)
+    args, kwargs = _probe_inputs(source, example_inputs)
+    reference = _outputs(source, args, kwargs)
+    out = source if inplace else copy.deepcopy(source)
+    modules = dict(out.named_modules())
+
+    factors = _Factors()
+    problems: list[str] = []
+    for name, m in modules.items():
+        f_out, f_in, _pushed, _ = _state_factors(m)
+        if f_out == 1.0 and f_in == 1.0:
+            continue
+        if isinstance(m, nn.Linear):
+            factors.scale(name, m.weight, f_out * f_in)
+            factors.scale(name, m.bias, f_out)
+        elif isinstance(m, nn.Embedding) and f_in == 1.0:
+            factors.scale(name, m.weight, f_out)
+        else:
+            problems.append(f"{name} ({type(m).__name__}): x{f_out:.6g} on its output, x{f_in:.6g} on its input - "
+                            "only Linear and Embedding modules can absorb a multiplier")
+    attr_resets: list[tuple[nn.Module, str, float]] = []
+    for name, site in plan.attention.items():
+        if site.previous == 0 or abs(site.scale / site.previous - 1.0) < 1e-12:
+            continue
+        ratio = site.scale / site.previous
+        holder, rows = _query_rows(modules[name], ratio)
+        if holder is None:
+            problems.append(f"{name}: attention scale {site.previous:.6g} -> {site.scale:.6g} but no query "
+                            f"projection found (a child Linear named one of {_QUERY} or a fused {_FUSED})")
+            continue
+        if isinstance(holder, nn.MultiheadAttention):
+            factors.scale(name, holder.in_proj_weight, rows)
+            factors.scale(name, holder.in_proj_bias, rows)
+        else:
+            factors.scale(name, holder.weight, rows)
+            factors.scale(name, holder.bias, rows)
+        if site.attr is not None:
+            attr_resets.append((modules[site.attr_module or name], site.attr, float(site.previous)))
+
+    # a Parameter used at several sites: one factor for all, or untie
+    owners = {id(p): [(mn, pn) for mn, mod in modules.items() for pn, q in mod._parameters.items() if q is p]
+              for p in factors.params.values()}
+    for key, uses in list(factors.uses.items()):
+        param = factors.params[key]
+        all_uses = owners[key]
+        combined = torch.ones_like(uses[0][1])
+        for _use, rows in uses:
+            combined = combined * rows
+        users = {u for u, _ in uses}
+        if len(all_uses) > 1:
+            # every module holding this Parameter must want the same factor
+            wanted = {mn: torch.ones_like(combined) for mn, _ in all_uses}
+            for use, rows in uses:
+                holder = next((mn for mn, _ in all_uses if mn == use or mn.startswith(use + ".")), None)
+                if holder is None:
+                    holder = all_uses[0][0]
+                wanted[holder] = wanted[holder] * rows
+            distinct = {tuple(v.tolist()) for v in wanted.values()}
+            if len(distinct) > 1:
+                if not untie:
+                    problems.append(
+                        f"{' and '.join(mn + '.' + pn for mn, pn in all_uses)} share one weight but need different "
+                        f"factors ({', '.join(f'{mn}: x{float(v.mean()):.6g}' for mn, v in wanted.items())}): "
+                        "pass untie=True to give each use its own copy"
+                    )
+                    continue
+                first = all_uses[0]
+                for mn, pn in all_uses[1:]:
+                    clone = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+                    modules[mn]._parameters[pn] = clone
+                    factors.rows[id(clone)] = wanted[mn]
+                    factors.params[id(clone)] = clone
+                factors.rows[key] = wanted[first[0]]
+                config = getattr(out, "config", None)
+                if config is not None and hasattr(config, "tie_word_embeddings"):
+                    config.tie_word_embeddings = False
+                continue
+        del users
+        factors.rows[key] = combined
+    if problems:
+        raise LoweringError("fxparam.fold cannot absorb every multiplier of this model:\n  " + "\n  ".join(problems))
+
+    with torch.no_grad():
+        for key, rows in factors.rows.items():
+            p = factors.params[key]
+            shape = (-1,) + (1,) * (p.ndim - 1) if p.ndim else ()
+            p.mul_(rows.to(p.dtype).to(p.device).view(shape) if p.ndim else rows.to(p.dtype))
+    for m, attr, value in attr_resets:
+        setattr(m, attr, value)
+
+    # strip fxparam's state: classes, hooks, masks, plan
+    for m in out.modules():
+        if isinstance(m, ScaledLinear):
+            m.__class__ = nn.Linear
+            for attr in ("fxparam_in", "fxparam_out"):
+                m.__dict__.pop(attr, None)
+        elif type(m).__module__.startswith(("fxparam.lowering", "fxparam.kernels")):
+            m.__class__ = _plain_class(type(m))
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for hid in [k for k, h in hooks.items()
+                        if getattr(h, "fxparam_hook", False) or isinstance(h, (OutputScale, InputScale, PushScale,
+                                                                               PopScale))
+                        or type(h).__module__.startswith("fxparam.")]:
+                del hooks[hid]
+                m._forward_hooks_always_called.pop(hid, None)
+                m._forward_hooks_with_kwargs.pop(hid, None)
+                m._forward_pre_hooks_with_kwargs.pop(hid, None)
+        for hid in [k for k, h in m._load_state_dict_post_hooks.items()
+                    if type(getattr(h, "hook", h)).__module__.startswith("fxparam.")
+                    or getattr(getattr(h, "hook", h), "__self__", None).__class__.__module__.startswith("fxparam.")]:
+            del m._load_state_dict_post_hooks[hid]
+        registry = m.__dict__.pop("_fxparam_masks", None) or {}
+        for buffer in registry.values():
+            m._buffers.pop(buffer, None)
+            m._non_persistent_buffers_set.discard(buffer)
+    for p in out.parameters():
+        if p._backward_hooks:
+            for hid in [k for k, h in p._backward_hooks.items() if type(h).__module__.startswith("fxparam.")]:
+                del p._backward_hooks[hid]
+    out.__dict__.pop(PLAN_ATTR, None)
+    config = getattr(out, "config", None)
+    if config is not None and hasattr(config, "fxparam_plan"):
+        delattr(config, "fxparam_plan")
+
+    folded = _outputs(out, args, kwargs)
+    err = float((folded - reference).abs().max()) / (float(reference.abs().max()) or 1.0)
+    if not err <= 1e-4:
+        raise LoweringError(
+            f"fxparam.fold: the folded {type(out).__name__} differs from the transformed model by {err:.3g} "
+            "(relative max): a multiplier was not absorbed where it acts (e.g. a query projection followed by a "
+            "norm, or a fused projection laid out per head). Keep the transformed model (fxparam.save / "
+            "save_pretrained carry the plan)." + ("" if not inplace else " The model was folded in place.")
+        )
+    return out
