@@ -545,6 +545,7 @@ def judge(
     verdicts: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     lines_v: list[str] = []
+    notes: list[str] = []
     failed: list[str] = []
     for param, by in checks.items():
         verdicts[param] = {}
@@ -569,7 +570,7 @@ def judge(
                 ks = [s for s in slopes if s.kind == kind]
                 init = [s.slope for s in ks if s.step == 0]
                 trained = [s.slope for s in ks if s.step > 0]
-                b = bands[kind]
+                b = verdict.bands.get(kind, bands[kind])  # widened when fewer seeds than the calibration
                 ok = all(_inside(s.slope, b.init if s.step == 0 else b.trained) for s in ks)
                 result = "pass" if ok else ("FAIL" if exp[axis] else "FAIL (expected)")
                 rows.append(
@@ -603,9 +604,13 @@ def judge(
                         f"the control {label(param)} did not grow with {axis} (max slope {growth:+.2f}): "
                         "this check could not detect a broken parameterization; raise --lr or --steps"
                     )
+            if verdict.note and exp[axis]:
+                notes.append(f"{label(param)} over {axis}: {verdict.note}")
             verdicts[param][axis] = {
                 "expected_invariant": exp[axis],
                 "invariant": verdict.invariant,
+                "band_allowance": verdict.allowance,
+                "noise_note": verdict.note,
                 "max_growth": growth,
                 "status": status,
                 "failures": [s.model_dump() for s in verdict.failures],
@@ -628,6 +633,7 @@ def judge(
             *(line.rstrip() for line in _table(rows, header)),
             "",
             *lines_v,
+            *([""] + [f"note: {n}" for n in notes] if notes else []),
         ]
     )
     ok = not failed
