@@ -38,7 +38,7 @@ import torch.nn as nn
 
 import fxparam
 import fxparam.lowering.compile
-from fxparam.lowering.compile import compile as fx_compile
+from fxparam.api import compile as fx_compile
 from fxparam.lowering.eager import unwrap
 from fxparam.models import GPT, GPTConfig
 

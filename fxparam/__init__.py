@@ -1,5 +1,11 @@
 """fxparam: make any PyTorch model train well at any size."""
 
+from fxparam import transform as _transform_module  # noqa: F401  (loaded before the function is bound: see below)
+from fxparam._version import __version__
+from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
+from fxparam.api import apply_plan, compile, inspect, plan, transform  # noqa: A004 - fxparam.compile, like torch.compile
+from fxparam.checks.coord import CoordCheck, coord_check
+from fxparam.configs import GNS, SP, CompleteP, Composed, DepthScaled, MuP, SuPar, compose
 from fxparam.errors import (
     AlreadyTransformedError,
     AnalysisError,
@@ -13,43 +19,17 @@ from fxparam.errors import (
     PlanError,
     RecipeError,
 )
-
-from fxparam.analysis import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
-from fxparam.checks.coord import CoordCheck, coord_check
-from fxparam.configs import GNS, SP, CompleteP, Composed, DepthScaled, MuP, SuPar, compose
+from fxparam.lowering.compile import backend, compile_pass
 from fxparam.optim import optimizer, param_groups
 from fxparam.plan import Plan, plan_of
-from fxparam.transform import apply_plan, plan, transform
-from fxparam.lowering.compile import backend, compile, compile_pass  # noqa: A004 - fxparam.compile, like torch.compile
 
 from fxparam import gns, recipes  # noqa: E402  isort: skip  (sub-packages as namespaces)
 from fxparam.recipes import schedules  # noqa: E402  isort: skip  (public as fxparam.schedules)
 from fxparam import _moved  # noqa: E402,F401  isort: skip  (old module paths keep importing)
 
-__version__ = "0.1.0"
-
-
-def inspect(model, example_inputs=None) -> Analysis:
-    """Analyse ``model``'s structure without modifying it.
-
-    Captures a meta-device skeleton (no memory, cost independent of width), then finds
-    residual blocks, parameter roles and width dimensions, attention sites, norms and
-    tied weights.
-
-    Args:
-        model: any ``torch.nn.Module``.
-        example_inputs: a tensor, tuple, dict of kwargs or ``(args, kwargs)``; optional
-            for ``fxparam.models.GPT`` and Hugging Face models (``config.vocab_size``).
-
-    Example:
-        >>> from fxparam.models import GPT, GPTConfig
-        >>> fxparam.inspect(GPT(GPTConfig(width=64, depth=2))).depth
-        2
-    """
-    from fxparam.analysis import analyse
-
-    return analyse(model, example_inputs)
-
+# ``fxparam.transform`` and ``fxparam.plan`` are the front-door functions; the modules of the
+# same name are loaded above, before the functions are bound, so importing them later does
+# not rebind the package attributes to the modules.
 
 __all__ = [
     "GNS",

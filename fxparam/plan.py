@@ -142,7 +142,7 @@ class Plan(_Rec):
         return self.params[p.tied_to] if p.tied_to else p
 
     def summary(self) -> str:
-        from fxparam.analysis.report import _table
+        from fxparam._text import table as _table
 
         head = (
             f"{self.model_class} plan [{' -> '.join(self.passes)}]: width {self.width}"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fxparam._text import table
+
 if TYPE_CHECKING:
     from fxparam.analysis.facts import Analysis
 
 
-def _table(rows: list[list[str]], header: list[str]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*map(str, r)) for r in rows]
+_table = table  # 0.1 name; the helper lives in fxparam._text
 
 
 def format_analysis(a: Analysis, *, max_rows: int = 60) -> str:

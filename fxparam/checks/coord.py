@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 import fxparam
 from fxparam.configs import AnyConfig, resolve_config
 from fxparam.errors import ConfigError
+from fxparam.lowering import sdpa
 
 Stat = Literal["rms", "delta"]
 Axis = Literal["width", "depth"]
@@ -281,7 +282,7 @@ class CoordCheck(BaseModel):
 
 def format_slopes(slopes: Sequence[Slope], bands: dict[str, Band], axis: str) -> str:
     """Summary table: per kind and step, the slope range across sites and pass/fail."""
-    from fxparam.analysis.report import _table
+    from fxparam._text import table as _table
 
     groups: dict[tuple[str, int], list[float]] = defaultdict(list)
     for s in slopes:
@@ -381,33 +382,6 @@ class _Recorder:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-class _SDPATap:
-    """Temporarily route SDPA through a function that also records the attention logits."""
-
-    def __init__(self, recorder: _Recorder) -> None:
-        self.recorder = recorder
-
-    def __enter__(self) -> _SDPATap:
-        self.previous = F.scaled_dot_product_attention
-        previous, recorder = self.previous, self.recorder
-
-        def tapped(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
-            from fxparam.lowering import _sdpa
-
-            effective = _sdpa._STACK[-1] if _sdpa._STACK else scale
-            if effective is None:
-                effective = 1.0 / math.sqrt(query.shape[-1])
-            recorder.attention_logits(query, key, effective)
-            return previous(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, **kw)
-
-        F.scaled_dot_product_attention = tapped
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        F.scaled_dot_product_attention = self.previous
 
 
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -536,7 +510,7 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     out: list[Record] = []
     actual_depth = analysis.depth if depth is None else depth
     try:
-        with _SDPATap(recorder):
+        with sdpa.observe(recorder.attention_logits):  # fxparam's one SDPA hook (lowering/sdpa.py)
             for step in range(steps + 1):
                 recorder.reset()
                 loss = loss_fn(model, data)

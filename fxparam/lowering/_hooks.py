@@ -53,7 +53,7 @@ class InputScale:
 
 
 class PushScale:
-    """Pre-hook/hook pair that overrides SDPA's scale inside one module (see _sdpa)."""
+    """Pre-hook/hook pair that overrides SDPA's scale inside one module (see :mod:`fxparam.lowering.sdpa`)."""
 
     fxparam_hook = True
 
@@ -61,18 +61,18 @@ class PushScale:
         self.scale = float(scale)
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> None:
-        from fxparam.lowering import _sdpa
+        from fxparam.lowering import sdpa
 
-        _sdpa.push(self.scale)
+        sdpa.push(self.scale)
 
 
 class PopScale:
     fxparam_hook = True
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        from fxparam.lowering import _sdpa
+        from fxparam.lowering import sdpa
 
-        _sdpa.pop()
+        sdpa.pop()
 
 
 class ScaledLinear(torch.nn.Linear):

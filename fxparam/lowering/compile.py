@@ -13,9 +13,10 @@ Three entry points, one rewrite (:func:`fxparam.lowering.graph.apply_plan_to_gra
 - :func:`backend` -> a Dynamo backend: ``torch.compile(model, backend=fxparam.backend(plan))``.
   With ``inner="inductor"`` it calls ``compile_fx`` with the pass above; with any other
   inner backend (``"aot_eager"``...) it rewrites the graph itself and hands it on.
-- :func:`compile` does it all: builds the plan, applies its weight side once, eagerly (SμPar
-  masks on the Parameters, the re-init), records the plan on the model (so
-  ``fxparam.optimizer`` works) and returns ``torch.compile(model, backend=backend(plan))``.
+- :func:`lower_compile` (behind ``fxparam.compile``, which builds the plan) does it all:
+  applies the plan's weight side once, eagerly (SμPar masks on the Parameters, the
+  re-init), records the plan on the model (so ``fxparam.optimizer`` works) and returns
+  ``torch.compile(model, backend=backend(plan))``.
 
 The rewrite runs on the forward graph *before* AOT autograd, so gradients follow from the
 rewritten forward.  Math-changing rewrites never run post-grad: :class:`PlanPass` refuses a
@@ -29,7 +30,7 @@ gets the part of the plan it contains (``PlanPass.applied`` / ``missing()`` tell
 *inside* a submodule makes Dynamo compile that submodule as a frame of its own, whose names
 are relative to it (and may leave the enclosing forward uncompiled): the pass refuses such a
 graph with a :class:`~fxparam.LoweringError` rather than apply part of the plan.
-:func:`compile` uses ``fullgraph=True``, so a break is reported at the first call.  Models
+``fxparam.compile`` uses ``fullgraph=True``, so a break is reported at the first call.  Models
 that need graph breaks use the eager lowering, whose hooks survive them.
 """
 
@@ -48,7 +49,7 @@ from fxparam.errors import ConfigError, LoweringError
 from fxparam.lowering.graph import GraphRewrite, apply_plan_to_graph, check_supported, frame_parameter_names
 from fxparam.plan import Plan, attach, unwrap
 
-__all__ = ["PlanBackend", "PlanPass", "backend", "compile", "compile_pass", "prepare_model"]
+__all__ = ["PlanBackend", "PlanPass", "backend", "compile_pass", "lower_compile", "prepare_model"]
 
 _SOURCES = (__file__, str(Path(__file__).with_name("graph.py")))  # the rewrite's code is part of the key
 
@@ -144,7 +145,7 @@ class PlanPass:
         """Cache key: hash of the plan's fingerprint, fxparam's version and this rewrite's source."""
         from torch._inductor.custom_graph_pass import get_hash_for_files
 
-        from fxparam import __version__
+        from fxparam._version import __version__
 
         text = f"fxparam {__version__} plan {self.plan.fingerprint()} code {get_hash_for_files(_SOURCES)!r}"
         return hashlib.sha256(text.encode()).hexdigest()
@@ -235,7 +236,7 @@ def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
 
     The rewrite is pre-grad (before AOT autograd), so gradients are those of the rewritten
     forward.  Weights are not touched: re-initialise them once, eagerly, with
-    ``fxparam.lowering.compile.prepare_model(model, plan)`` - or use :func:`compile`.
+    ``fxparam.lowering.compile.prepare_model(model, plan)`` - or use ``fxparam.compile``.
 
     Args:
         plan: from ``fxparam.plan(model, config)`` (or its JSON); a config is refused
@@ -247,7 +248,7 @@ def backend(plan: Plan | str, *, inner: str | Callable[..., Any] = "inductor",
 
     A frame Dynamo does not compile (its recompile limit, a skipped frame) runs without the
     plan and without this backend seeing it: check ``backend.plan_pass.missing()`` after
-    the first step, or use :func:`compile`, whose guard raises when the model runs
+    the first step, or use ``fxparam.compile``, whose guard raises when the model runs
     uncompiled.
 
     Example:
@@ -266,7 +267,7 @@ def prepare_model(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
 
     What the eager lowering does to the weights (``fxparam.lowering.eager.prepare_weights``);
     call it once before ``torch.compile(model, backend=fxparam.backend(plan))``
-    (:func:`compile` does).
+    (:func:`lower_compile` does).
 
     Example:
         >>> import fxparam
@@ -283,7 +284,7 @@ def prepare_model(model: nn.Module, plan: Plan, *, init: bool = True) -> None:
 
 
 class _CompiledOnly:
-    """Forward pre-hook of a model lowered by :func:`compile`: its multipliers only exist compiled."""
+    """Forward pre-hook of a model lowered by :func:`lower_compile`: its multipliers only exist compiled."""
 
     fxparam_hook = True
 
@@ -297,29 +298,27 @@ class _CompiledOnly:
             )
 
 
-def compile(  # noqa: A001 - mirrors torch.compile on purpose
+def lower_compile(
     model: nn.Module,
-    config: Any,
+    plan: Plan | str,
     *,
-    example_inputs: Any = None,
     init: bool = True,
     inner: str | Callable[..., Any] = "inductor",
     options: dict[str, Any] | None = None,
     dynamic: bool | None = None,
     fullgraph: bool = True,
-    **kwargs: Any,
 ) -> nn.Module:
-    """Plan, re-initialise and ``torch.compile`` ``model`` with the plan applied in its graph.
+    """Re-initialise and ``torch.compile`` ``model`` with ``plan`` applied in its graph.
 
+    The lowering behind ``fxparam.compile`` (which builds the plan from a config first).
     The model gets no forward hooks: the multipliers live in the compiled graph only, so
     calling the original module uncompiled raises instead of silently running without them.
-    The plan is recorded on it, so ``fxparam.optimizer(compiled, ...)`` and
-    ``fxparam.plan_of`` work, and transforming it again is refused.
+    The plan is recorded on it (:func:`fxparam.plan.attach`), so ``fxparam.optimizer(compiled,
+    ...)`` and ``fxparam.plan_of`` work, and transforming it again is refused.
 
     Args:
-        model: the model (not already transformed).
-        config: a config object or name, as for ``fxparam.transform``; or a Plan.
-        example_inputs: inputs for the analysis (optional for GPT / HF models).
+        model: the model (not already transformed), or a wrapper of it.
+        plan: from ``fxparam.plan(model, config)`` (or its JSON); a config is refused.
         init: re-initialise weights per the plan (pass False before loading a checkpoint).
         inner: the backend after the rewrite ("inductor", "aot_eager", ...).
         options: Inductor options.
@@ -328,25 +327,28 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
             is an error at the first call instead of a forward split into frames the plan
             cannot follow.  With False, a break between blocks (at the top level) is fine; a
             break inside a submodule is refused by the pass (see :class:`PlanPass`).
-        **kwargs: fields of the named config(s) (``base_width=...``).
 
     Returns:
         ``torch.compile(model, backend=fxparam.backend(plan, inner=inner))``.
 
+    Raises:
+        ConfigError: ``plan`` is not a Plan (or plan JSON).
+        AlreadyTransformedError: ``model`` was transformed before.
+        LoweringError: the plan does not match the model, or needs what this lowering lacks.
+
     Example:
         >>> import fxparam
         >>> from fxparam.models import GPT, GPTConfig
-        >>> compiled = compile(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32, inner="eager")
+        >>> model = GPT(GPTConfig(width=64, depth=2))
+        >>> compiled = lower_compile(model, fxparam.plan(model, "mup", base_width=32), inner="eager")
         >>> compiled(torch.zeros(2, 8, dtype=torch.long)).shape
         torch.Size([2, 8, 256])
         >>> opt = fxparam.optimizer(compiled, torch.optim.AdamW, lr=1e-2)
     """
     from fxparam.lowering.eager import _validate
-    from fxparam.transform import plan as make_plan
 
     inner_model = unwrap(model)
-    the_plan = config if isinstance(config, Plan) else make_plan(inner_model, config, example_inputs=example_inputs,
-                                                                  **kwargs)
+    the_plan = _as_plan(plan, "fxparam.lowering.compile.lower_compile")
     check_supported(the_plan, "compile")
     _validate(inner_model, the_plan)
     be = backend(the_plan, inner=inner, options=options)
@@ -354,3 +356,6 @@ def compile(  # noqa: A001 - mirrors torch.compile on purpose
     inner_model.register_forward_pre_hook(_CompiledOnly())
     attach(inner_model, the_plan)
     return cast(nn.Module, torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph))
+
+
+compile = lower_compile  # noqa: A001 - 0.1 name; takes a Plan (fxparam.compile takes a config)

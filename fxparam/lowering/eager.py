@@ -125,10 +125,10 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
     for name, site in plan.attention.items():
         if site.attr is not None:
             setattr(modules[site.attr_module or name], site.attr, float(site.scale))
-        elif site.kind == "sdpa":
-            from fxparam.lowering import _sdpa
+        elif site.kind == "sdpa" and site.scale != site.previous:  # an unchanged scale needs no override
+            from fxparam.lowering import sdpa
 
-            _sdpa.install()
+            sdpa.install()
             modules[name].register_forward_pre_hook(PushScale(site.scale))
             modules[name].register_forward_hook(PopScale(), always_call=True)
     for key, factor in plan.multipliers.items():

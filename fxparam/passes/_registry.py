@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fxparam._version import __version__
 from fxparam.analysis.facts import Analysis
 from fxparam.configs import SP, AnyConfig, Composed, MuP
 from fxparam.errors import FxparamError, PlanError
@@ -32,8 +33,6 @@ def _lookup(config: AnyConfig) -> PassFn:
 
 def identity_plan(analysis: Analysis) -> Plan:
     """A plan that changes nothing: every parameter kept, all multipliers 1."""
-    from fxparam import __version__
-
     params = {
         name: ParamPlan(role=info.role, tied_to=info.tied_to) for name, info in analysis.params.items()
     }

@@ -18,10 +18,10 @@ from _lowering_cases import CONFIGS, Case, Run, batch, gpt_case, hf_case, train
 
 import fxparam
 from fxparam.analysis import Analysis, analyse
+from fxparam.api import compile as fx_compile
 from fxparam.configs import resolve_config
 from fxparam.errors import LoweringError
 from fxparam.lowering import unwrap
-from fxparam.lowering.compile import compile as fx_compile
 from fxparam.lowering.eager import lower_eager
 from fxparam.lowering.graph import lower_graph
 from fxparam.passes import build_plan

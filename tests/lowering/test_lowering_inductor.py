@@ -14,8 +14,8 @@ import torch
 from _lowering_cases import COMPLETEP, MUP, Case, gpt_case, train
 
 import fxparam
+from fxparam.api import compile as fx_compile
 from fxparam.lowering.compile import PlanPass, backend
-from fxparam.lowering.compile import compile as fx_compile
 from fxparam.lowering.eager import lower_eager
 
 # Inductor fuses and reorders float32 reductions (softmax, layer norm, matmul epilogues):
