@@ -38,7 +38,7 @@ def format_analysis(a: Analysis, *, max_rows: int = 60) -> str:
     if a.attention:
         lines += ["", "attention (first):"]
         at = a.attention[0]
-        lines += _table([[at.module, at.kind, at.head_dim, f"{at.scale:.4g}", at.scale_attr or "(none)"]],
+        lines += _table([[at.module, at.kind, at.head_dim, f"{at.scale:.4g}" if at.scale is not None else "not found", at.scale_attr or "(none)"]],
                         ["module", "kind", "head dim", "logit scale", "scale attribute"])
     if a.tied:
         lines += ["", "tied: " + "; ".join(" = ".join(g) for g in a.tied)]

@@ -477,6 +477,15 @@ class StructureFinder:
     # ----------------------------------------------------------------- attention
 
     def attention_sites(self) -> list[AttentionSite]:
+        """Every softmax over q.k, with its logit scale wherever the model keeps it.
+
+        The scale is the product of what sits between q, k and the softmax: SDPA's
+        ``scale`` (default 1/sqrt(d_head)), a constant multiply/divide of the scores, a
+        fused batched matmul's ``alpha`` (``baddbmm``), and constants folded into q or k
+        before their product (``q * s``).  A softmax over q.k whose scale passes through
+        anything else (a tensor factor, a nonlinearity such as logit soft-capping) gets
+        ``scale=None``: the passes then warn instead of guessing.
+        """
         sites: list[AttentionSite] = []
         for n in sorted(self.g.nodes, key=self.mg.order.__getitem__):
             t = self.mg.target(n)
@@ -487,40 +496,94 @@ class StructureFinder:
                 scale = node.kwargs.get("scale")
                 if scale is None:
                     scale = 1.0 / math.sqrt(head_dim)
-                sites.append(self._attention(n, head_dim, float(scale), "sdpa"))
+                fq, fk = self._fold(node.args[0].name), self._fold(node.args[1].name)
+                if fq is None or fk is None:
+                    sites.append(self._attention(n, head_dim, None, "manual"))
+                elif fq * fk != 1.0:  # a scale folded into q/k: SDPA's kwarg is only part of it
+                    sites.append(self._attention(n, head_dim, float(scale) * fq * fk, "manual"))
+                else:
+                    sites.append(self._attention(n, head_dim, float(scale), "sdpa"))
             elif t in SOFTMAX_OPS:
                 found = self._manual_attention(n)
                 if found is not None:
                     sites.append(self._attention(n, found[0], found[1], "manual"))
         return sites
 
-    def _manual_attention(self, softmax: str) -> tuple[int, float] | None:
-        scale = 1.0
+    def _scalar_factor(self, n: str) -> tuple[str, float | None] | None:
+        """For a multiply/divide with one data operand: (that operand, the constant factor or None)."""
+        node = self.mg.nodes[n]
+        args = self._data_args(n)
+        if self.mg.target(n) not in SCALE_OPS or len(args) != 1 or len(node.args) != 2:
+            return None
+        a, b = node.args
+        is_mul = self.mg.target(n).startswith("aten.mul")
+        if getattr(a, "name", None) == args[0]:
+            other = b
+        elif is_mul:
+            other = a
+        else:
+            return None  # c / x is not linear in x
+        if isinstance(other, (int, float)):
+            return args[0], float(other) if is_mul else 1.0 / float(other)
+        return args[0], None  # a tensor factor (a buffer, a learned temperature): not a known constant
+
+    def _fold(self, n: str) -> float | None:
+        """Constant factor applied to q (or k) on its way from its projection to the product."""
+        factor = 1.0
+        for _ in range(32):
+            t = self.mg.target(n)
+            scaled = self._scalar_factor(n)
+            if scaled is not None:
+                if scaled[1] is None:
+                    return None
+                factor *= scaled[1]
+                n = scaled[0]
+                continue
+            args = self._data_args(n)
+            if t in QK_VIEW_OPS and len(args) == 1:
+                n = args[0]
+                continue
+            return factor  # the projection, RoPE, a norm...: the start of q
+        return factor
+
+    def _manual_attention(self, softmax: str) -> tuple[int, float | None] | None:
+        scale: float | None = 1.0
         cur = self.mg.tensor_args(softmax)[0]
-        for _ in range(12):
+        for _ in range(32):
             t = self.mg.target(cur)
             node = self.mg.nodes[cur]
-            if t in ("aten.matmul.default", "aten.bmm.default"):
-                ops = self.mg.tensor_args(cur)
-                if len(ops) == 2 and not (set(ops) & self.param_nodes):
-                    shape = self.mg.shape(ops[0])
-                    return (shape[-1] if shape else 0), scale
-                return None
-            if t in ("aten.mul.Tensor", "aten.div.Tensor") and len(node.args) == 2 and isinstance(node.args[1], (int, float)):
-                scale = scale * node.args[1] if t == "aten.mul.Tensor" else scale / node.args[1]
-                cur = node.args[0].name
+            if t in QK_MATMUL_OPS or t in ALPHA_MATMUL_OPS:
+                names = [getattr(a, "name", None) for a in node.args[:3]]
+                a, b = (names[1], names[2]) if t in ALPHA_MATMUL_OPS else (names[0], names[1])
+                if a is None or b is None or not ({a, b} <= self.data) or {a, b} & self.param_nodes:
+                    return None  # a product with a weight: a projection, not q.k
+                shape = self.mg.shape(a)
+                head_dim = shape[-1] if shape else 0
+                alpha = float(node.kwargs.get("alpha", 1.0)) if t in ALPHA_MATMUL_OPS else 1.0
+                fa, fb = self._fold(a), self._fold(b)
+                if scale is None or fa is None or fb is None:
+                    return head_dim, None
+                return head_dim, scale * alpha * fa * fb
+            if t in LINEAR_OPS or t in EMBEDDING_OPS or set(self.mg.tensor_args(cur)) & self.param_nodes:
+                return None  # scores straight from a parameterised op: a router or classifier, not q.k
+            scaled = self._scalar_factor(cur)
+            if scaled is not None:
+                scale = None if scale is None or scaled[1] is None else scale * scaled[1]
+                cur = scaled[0]
                 continue
-            args = [a for a in self.mg.tensor_args(cur) if a not in self.param_nodes]
+            args = self._data_args(cur)
             if not args:
                 return None
+            if t not in SCORE_PASS_OPS:
+                scale = None  # a nonlinearity (soft-capping) or an op fxparam does not model
             # masks and biases are added: follow the operand that carries the scores
             cur = max(args, key=lambda a: len(self.ancestors(a)))
         return None
 
-    def _attention(self, n: str, head_dim: int, scale: float, kind: str) -> AttentionSite:
+    def _attention(self, n: str, head_dim: int, scale: float | None, kind: str) -> AttentionSite:
         module = self.mg.owner.get(n, "")
         attr = attr_module = None
-        stack = self.mg.stack.get(n, [])
+        stack = self.mg.stack.get(n, []) if scale is not None else []
         for fqn in reversed(stack):
             mod = self.mg.capture.modules.get(fqn)
             for name in SCALE_ATTRS:

@@ -121,3 +121,102 @@ def test_gpt2_mup_ratio_scales_each_layer_by_the_same_factor():
         s = plan.attention[f"transformer.h.{i}.attn"]
         assert s.previous == pytest.approx(0.25 / (i + 1))
         assert s.scale == pytest.approx(0.5 * 0.25 / (i + 1))
+
+
+# ------------------------------------------------------------------ case 12: wherever the scale lives
+
+D, HEADS, HD, V = 32, 2, 16, 64
+
+
+class Attn(nn.Module):
+    """Causal attention whose logit scale sits in a different place per ``where``."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.where = where
+        self.scale = HD**-0.5
+        self.register_buffer("temp", torch.tensor(HD**-0.5))
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        w = self.where
+        if w == "mul":
+            return (q @ k.transpose(-2, -1)) * self.scale
+        if w == "baddbmm":  # fused batched matmul with a bias and the scale as alpha
+            b, h, t, d = q.shape
+            bias = torch.zeros(b * h, t, t, dtype=q.dtype, device=q.device)
+            out = torch.baddbmm(bias, q.reshape(b * h, t, d), k.reshape(b * h, t, d).transpose(1, 2), alpha=self.scale)
+            return out.view(b, h, t, t)
+        if w == "fold_q":
+            return (q * self.scale) @ k.transpose(-2, -1)
+        if w == "buffer":  # a tensor factor: not a constant fxparam can read
+            return (q @ k.transpose(-2, -1)) * self.temp
+        if w == "softcap":  # nonlinear soft-capping after the scale
+            return 5.0 * torch.tanh((q @ k.transpose(-2, -1)) * self.scale / 5.0)
+        raise ValueError(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (z.view(b, t, HEADS, HD).transpose(1, 2) for z in self.qkv(x).split(D, dim=-1))
+        if self.where == "sdpa_fold":
+            y = torch.nn.functional.scaled_dot_product_attention(q * self.scale, k, v, is_causal=True, scale=1.0)
+        else:
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            att = self._scores(q, k).masked_fill(mask, float("-inf")).softmax(-1)
+            y = att @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, D))
+
+
+class AttnLM(nn.Module):
+    def __init__(self, where: str, n: int = 2) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(V, D)
+        self.lns = nn.ModuleList([nn.LayerNorm(D) for _ in range(n)])
+        self.attns = nn.ModuleList([Attn(where) for _ in range(n)])
+        self.router = nn.Linear(D, 4)  # a softmax over a projection: not attention
+        self.head = nn.Linear(D, V)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        for ln, attn in zip(self.lns, self.attns):
+            x = x + attn(ln(x))
+        gate = self.router(x).softmax(-1)[..., :1]
+        return self.head(x * gate)
+
+
+@pytest.mark.parametrize("where", ["mul", "baddbmm", "fold_q", "sdpa_fold"])
+def test_attention_scale_found_wherever_it_lives(where):
+    a = fxparam.inspect(AttnLM(where), example_inputs=(IDS,))
+    assert [s.module for s in a.attention] == ["attns.0", "attns.1"]  # the router's softmax is not attention
+    for s in a.attention:
+        assert s.head_dim == HD and s.scale == pytest.approx(HD**-0.5) and s.scale_attr == "scale"
+
+
+@pytest.mark.parametrize("where", ["baddbmm", "fold_q"])
+def test_mup_attention_ratio_applied_where_the_scale_lives(where):
+    torch.manual_seed(0)
+    model = AttnLM(where)
+    reference, original = copy.deepcopy(model), copy.deepcopy(model)
+    plan = fxparam.plan(model, MuP(base_width=D, base_head_dim=4), example_inputs=(IDS,))
+    # muP: sqrt(4)/16 against 1/sqrt(16): ratio 0.5 on the model's 1/4
+    assert {k: s.scale for k, s in plan.attention.items()} == pytest.approx({"attns.0": 0.125, "attns.1": 0.125})
+    fxparam.apply_plan(model, plan, example_inputs=(IDS,))
+    for attn in reference.attns:
+        attn.scale = 0.125  # the model's own forward, run at the muP scale
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS), reference(IDS))
+        assert (model(IDS) - original(IDS)).abs().max() > 1e-4  # the new scale is in effect
+
+
+@pytest.mark.parametrize("where", ["buffer", "softcap"])
+def test_attention_scale_not_found_is_loud(where):
+    model = AttnLM(where)
+    a = fxparam.inspect(model, example_inputs=(IDS,))
+    assert [(s.module, s.scale) for s in a.attention] == [("attns.0", None), ("attns.1", None)]
+    with pytest.warns(UserWarning, match=r"'attns\.0'.*attention='sp'"):
+        plan = fxparam.plan(model, MuP(base_width=D), example_inputs=(IDS,))
+    assert not plan.attention
+    assert any("attns.1" in note and "attention='sp'" in note for note in plan.notes)
+    with warnings.catch_warnings():  # the override: SP attention, knowingly
+        warnings.filterwarnings("error", message=".*logit scale.*")
+        fxparam.plan(model, MuP(base_width=D, attention="sp"), example_inputs=(IDS,))
