@@ -5,6 +5,9 @@
 - :func:`monitor` returns a :class:`GNSMonitor`: per-example squared norms, unbiased
   ``|G|^2`` / ``tr(Sigma)`` estimates and the smoothed simple noise scale ``B_simple``, per layer
   and total, with gradient accumulation, DDP and mixed precision.
+- :func:`prepare` finds which input dim of each norm indexes examples and allocates the
+  per-example gradient sinks, before the first ``torch.compile`` call (eager forwards do both
+  by themselves); :func:`find_layouts` is the finding alone.
 - :class:`BatchSizeSchedule`: the paper's token ramp and an online schedule driven by the
   measured noise scale, with weight decay rescaled to hold the AdamW timescale.
 
@@ -20,6 +23,7 @@ Example:
     ['gns/b_simple', 'gns/b_simple_raw']
 """
 
+from fxparam.gns._batch_dim import find_layouts, prepare
 from fxparam.gns._estimators import EMA, ratio, two_batch_estimates, unbiased_estimates
 from fxparam.gns._monitor import GNSEstimate, GNSMonitor, GNSStats, monitor
 from fxparam.gns._schedule import PAPER_111M_TOTAL_TOKENS, BatchSizeSchedule
@@ -32,7 +36,9 @@ __all__ = [
     "GNSEstimate",
     "GNSMonitor",
     "GNSStats",
+    "find_layouts",
     "monitor",
+    "prepare",
     "ratio",
     "swap_norms",
     "two_batch_estimates",

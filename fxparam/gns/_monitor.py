@@ -178,6 +178,12 @@ class GNSMonitor:
         log_layers: also log per-layer values to the writer.
         keep_per_example: keep per-example vectors for :meth:`per_example_sq_norms` (cheap:
             ``B`` floats per parameter per step).
+        batch_dim: which dim of each norm's input indexes examples, overriding what is found
+            from the model (an int for every norm, or ``{norm FQN: dim}``); see
+            :func:`fxparam.gns.swap_norms`.
+
+    Raises:
+        GNSError: a bad ``loss_reduction`` / ``alpha`` / ``batch_dim``, or no per-example norms.
     """
 
     def __init__(
@@ -190,6 +196,7 @@ class GNSMonitor:
         tensorboard_writer: ScalarWriter | None = None,
         log_layers: bool = False,
         keep_per_example: bool = True,
+        batch_dim: int | dict[str, int] | None = None,
     ) -> None:
         if loss_reduction not in ("mean", "sum"):
             raise GNSError(
@@ -215,6 +222,9 @@ class GNSMonitor:
                 self._tracked.append(_Tracked(fqn, m, params))
         if not self._tracked:
             raise GNSError(_NO_NORMS.format(model=type(inner).__name__))
+        from fxparam.gns._batch_dim import attach_root
+
+        attach_root(inner, batch_dim)
         self.alpha = float(alpha)
         self.loss_reduction = loss_reduction
         self.process_group = process_group
@@ -468,7 +478,8 @@ def monitor(model: nn.Module, **kwargs: Any) -> GNSMonitor:
         model: the model (after ``fxparam.transform(model, "gns")`` or
             ``fxparam.gns.swap_norms(model)``), possibly DDP-wrapped.
         **kwargs: :class:`GNSMonitor` options (``alpha``, ``loss_reduction``,
-            ``process_group``, ``tensorboard_writer``, ``log_layers``, ``keep_per_example``).
+            ``process_group``, ``tensorboard_writer``, ``log_layers``, ``keep_per_example``,
+            ``batch_dim``).
 
     Returns:
         A :class:`GNSMonitor`.

@@ -20,16 +20,18 @@ swaps a module's class in place.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
 
-from fxparam.errors import KernelError
+from fxparam.errors import GNSError, KernelError
 from fxparam.kernels import _norm_triton
 from fxparam.kernels.reference import (
     LayerNormPerExampleRef,
@@ -41,6 +43,7 @@ from fxparam.kernels.reference import (
     layer_norm_stats,
     reduce_per_example,
     rms_norm_stats,
+    sink_gradient,
 )
 
 Backend = Literal["auto", "triton", "reference"]
@@ -53,37 +56,36 @@ _BACKENDS = ("auto", "triton", "reference")
 # --------------------------------------------------------------------------------------------
 
 
-class LayerNormPerExampleTriton(torch.autograd.Function):
-    """LayerNorm on the Triton kernels; same contract as :class:`~fxparam.kernels.reference.LayerNormPerExampleRef`.
-
-    ``apply(x, weight, bias, eps, sink=None, forward_fn=None, block_n=None)``.
-
-    Example:
-        >>> x = torch.randn(2, 8, 64, device="cuda", requires_grad=True)  # doctest: +SKIP
-        >>> w, b = torch.ones(64, device="cuda", requires_grad=True), None  # doctest: +SKIP
-        >>> LayerNormPerExampleTriton.apply(x, w, b, 1e-5, print).sum().backward()  # doctest: +SKIP
-    """
+class _LayerNormTritonFn(torch.autograd.Function):
+    """``apply(x, weight, bias, eps, sink, forward_fn, block_n, grad_sink) -> (y, mean, rstd)`` (``setup_context`` form)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, sink=None, forward_fn=None, block_n=None):  # type: ignore[override]
+    def forward(x, weight, bias, eps, sink=None, forward_fn=None, block_n=None, grad_sink=None):  # type: ignore[override]
         _check_hidden(x, weight, bias)
         x3 = as_examples(x)
         if forward_fn is None:
             y3, mean, rstd = _norm_triton.norm_fwd_triton(x3, weight, bias, eps, rms=False, block_n=block_n)
-            y = y3.view(x.shape)
-        else:
-            y = forward_fn(x)
-            mean, rstd = (s.squeeze(-1) for s in layer_norm_stats(x3, eps))
-        ctx.save_for_backward(x3, weight, mean, rstd)
-        ctx.sink, ctx.x_shape, ctx.has_bias, ctx.block_n = sink, x.shape, bias is not None, block_n
-        return y
+            return y3.view(x.shape), mean, rstd
+        mean, rstd = (s.squeeze(-1) for s in layer_norm_stats(x3, eps))
+        return forward_fn(x), mean, rstd
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
-        x3, weight, mean, rstd = ctx.saved_tensors
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        x, weight, bias, _eps, sink, _forward_fn, block_n, grad_sink = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.sink, ctx.has_bias, ctx.block_n = sink, bias is not None, block_n
+        ctx.sink_shape = tuple(grad_sink.shape) if grad_sink is not None else None
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd):  # type: ignore[override]
+        x, weight, mean, rstd = ctx.saved_tensors
+        x3 = as_examples(x)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        need_dw = need_dw and weight is not None
-        need_db = need_db and ctx.has_bias
+        need_sink = ctx.needs_input_grad[7]
+        need_dw = (need_dw or need_sink) and weight is not None
+        need_db = (need_db or need_sink) and ctx.has_bias
         dx, dw_pe, db_pe = _norm_triton.norm_bwd_triton(
             dy.reshape(x3.shape),
             x3,
@@ -99,40 +101,49 @@ class LayerNormPerExampleTriton(torch.autograd.Function):
         dbias, sq_b = reduce_per_example(db_pe, wdtype)
         if ctx.sink is not None and (sq_w is not None or sq_b is not None):
             ctx.sink(sq_w, sq_b)
-        return (dx.view(ctx.x_shape) if need_dx else None), dweight, dbias, None, None, None, None
+        dsink = sink_gradient(ctx.sink_shape, dw_pe, db_pe) if need_sink else None
+        needs = ctx.needs_input_grad
+        return (
+            dx.view(x.shape) if need_dx else None,
+            dweight if needs[1] else None,
+            dbias if needs[2] else None,
+            None,
+            None,
+            None,
+            None,
+            dsink,
+        )
 
 
-class RMSNormPerExampleTriton(torch.autograd.Function):
-    """RMSNorm on the Triton kernels; same contract as :class:`~fxparam.kernels.reference.RMSNormPerExampleRef`.
-
-    ``apply(x, weight, eps, sink=None, forward_fn=None, block_n=None)``.
-
-    Example:
-        >>> x = torch.randn(2, 8, 64, device="cuda", requires_grad=True)  # doctest: +SKIP
-        >>> w = torch.ones(64, device="cuda", requires_grad=True)  # doctest: +SKIP
-        >>> RMSNormPerExampleTriton.apply(x, w, 1e-6, print).sum().backward()  # doctest: +SKIP
-    """
+class _RMSNormTritonFn(torch.autograd.Function):
+    """``apply(x, weight, eps, sink, forward_fn, block_n, grad_sink) -> (y, rstd)`` (``setup_context`` form)."""
 
     @staticmethod
-    def forward(ctx, x, weight, eps, sink=None, forward_fn=None, block_n=None):  # type: ignore[override]
+    def forward(x, weight, eps, sink=None, forward_fn=None, block_n=None, grad_sink=None):  # type: ignore[override]
         _check_hidden(x, weight, None)
         x3 = as_examples(x)
         eps_v = eps if eps is not None else default_rms_eps(x.dtype)
         if forward_fn is None:
             y3, _, rstd = _norm_triton.norm_fwd_triton(x3, weight, None, eps_v, rms=True, block_n=block_n)
-            y = y3.view(x.shape)
-        else:
-            y = forward_fn(x)
-            rstd = rms_norm_stats(x3, eps_v).squeeze(-1)
-        ctx.save_for_backward(x3, weight, rstd)
-        ctx.sink, ctx.x_shape, ctx.block_n = sink, x.shape, block_n
-        return y
+            return y3.view(x.shape), rstd
+        return forward_fn(x), rms_norm_stats(x3, eps_v).squeeze(-1)
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
-        x3, weight, rstd = ctx.saved_tensors
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        x, weight, _eps, sink, _forward_fn, block_n, grad_sink = inputs
+        _y, rstd = output
+        ctx.mark_non_differentiable(rstd)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.sink, ctx.block_n = sink, block_n
+        ctx.sink_shape = tuple(grad_sink.shape) if grad_sink is not None else None
+
+    @staticmethod
+    def backward(ctx, dy, _drstd):  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        x3 = as_examples(x)
         need_dx, need_dw = ctx.needs_input_grad[:2]
-        need_dw = need_dw and weight is not None
+        need_sink = ctx.needs_input_grad[6]
+        need_dw = (need_dw or need_sink) and weight is not None
         dx, dw_pe, _ = _norm_triton.norm_bwd_triton(
             dy.reshape(x3.shape),
             x3,
@@ -146,7 +157,48 @@ class RMSNormPerExampleTriton(torch.autograd.Function):
         dweight, sq_w = reduce_per_example(dw_pe, weight.dtype if weight is not None else None)
         if ctx.sink is not None and sq_w is not None:
             ctx.sink(sq_w, None)
-        return (dx.view(ctx.x_shape) if need_dx else None), dweight, None, None, None, None
+        dsink = sink_gradient(ctx.sink_shape, dw_pe, None) if need_sink else None
+        return (
+            dx.view(x.shape) if need_dx else None,
+            dweight if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+            None,
+            dsink,
+        )
+
+
+class LayerNormPerExampleTriton:
+    """LayerNorm on the Triton kernels; same contract as :class:`~fxparam.kernels.reference.LayerNormPerExampleRef`.
+
+    ``apply(x, weight, bias, eps, sink=None, forward_fn=None, block_n=None, grad_sink=None) -> y``.
+
+    Example:
+        >>> x = torch.randn(2, 8, 64, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> w, b = torch.ones(64, device="cuda", requires_grad=True), None  # doctest: +SKIP
+        >>> LayerNormPerExampleTriton.apply(x, w, b, 1e-5, print).sum().backward()  # doctest: +SKIP
+    """
+
+    @staticmethod
+    def apply(x, weight, bias, eps, sink=None, forward_fn=None, block_n=None, grad_sink=None):  # type: ignore[no-untyped-def]
+        return _LayerNormTritonFn.apply(x, weight, bias, eps, sink, forward_fn, block_n, grad_sink)[0]
+
+
+class RMSNormPerExampleTriton:
+    """RMSNorm on the Triton kernels; same contract as :class:`~fxparam.kernels.reference.RMSNormPerExampleRef`.
+
+    ``apply(x, weight, eps, sink=None, forward_fn=None, block_n=None, grad_sink=None) -> y``.
+
+    Example:
+        >>> x = torch.randn(2, 8, 64, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> w = torch.ones(64, device="cuda", requires_grad=True)  # doctest: +SKIP
+        >>> RMSNormPerExampleTriton.apply(x, w, 1e-6, print).sum().backward()  # doctest: +SKIP
+    """
+
+    @staticmethod
+    def apply(x, weight, eps, sink=None, forward_fn=None, block_n=None, grad_sink=None):  # type: ignore[no-untyped-def]
+        return _RMSNormTritonFn.apply(x, weight, eps, sink, forward_fn, block_n, grad_sink)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +238,7 @@ def layer_norm_per_example(
     backend: Backend = "auto",
     forward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     block_n: int | None = None,
+    grad_sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LayerNorm over the last dim whose backward reports per-example gradient norms.
 
@@ -201,9 +254,16 @@ def layer_norm_per_example(
         forward_fn: compute the output with this function instead (keeps a third-party class's
             exact forward); the backward is still the fused one.
         block_n: Triton column tile override (power of two), for tests.
+        grad_sink: a leaf ``(batch, P, hidden)`` tensor (``P`` = number of ``weight``/``bias``
+            given) that the output does not depend on; backward sets its gradient to the fp32
+            per-example gradients ``[dweight_b, dbias_b]`` (summed by autograd over every call
+            that shares the sink). The compile-friendly alternative to ``sink``.
 
     Returns:
         The normalised tensor, shaped like ``x``.
+
+    Raises:
+        KernelError: a bad backend, or weight/bias not 1-D of the hidden size.
 
     Example:
         >>> x = torch.randn(2, 4, 8, requires_grad=True)
@@ -223,10 +283,11 @@ def layer_norm_per_example(
                 sink=sink,
                 backend=backend,
                 block_n=block_n,
+                grad_sink=grad_sink,
             )
     if _use_triton(x, backend):
-        return LayerNormPerExampleTriton.apply(x, weight, bias, eps, sink, forward_fn, block_n)
-    return LayerNormPerExampleRef.apply(x, weight, bias, eps, sink, forward_fn)
+        return LayerNormPerExampleTriton.apply(x, weight, bias, eps, sink, forward_fn, block_n, grad_sink)
+    return LayerNormPerExampleRef.apply(x, weight, bias, eps, sink, forward_fn, grad_sink)
 
 
 def rms_norm_per_example(
@@ -238,11 +299,16 @@ def rms_norm_per_example(
     backend: Backend = "auto",
     forward_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     block_n: int | None = None,
+    grad_sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the last dim whose backward reports per-example gain-gradient norms.
 
     Arguments as :func:`layer_norm_per_example` (no bias); ``eps=None`` is torch's default
-    (machine eps of the compute type). ``sink`` receives ``(sq_weight, None)``.
+    (machine eps of the compute type). ``sink`` receives ``(sq_weight, None)``; ``grad_sink``
+    is ``(batch, 1, hidden)``.
+
+    Raises:
+        KernelError: a bad backend, or weight not 1-D of the hidden size.
 
     Example:
         >>> x = torch.randn(3, 5, 8, requires_grad=True)
@@ -259,10 +325,11 @@ def rms_norm_per_example(
                 sink=sink,
                 backend=backend,
                 block_n=block_n,
+                grad_sink=grad_sink,
             )
     if _use_triton(x, backend):
-        return RMSNormPerExampleTriton.apply(x, weight, eps, sink, forward_fn, block_n)
-    return RMSNormPerExampleRef.apply(x, weight, eps, sink, forward_fn)
+        return RMSNormPerExampleTriton.apply(x, weight, eps, sink, forward_fn, block_n, grad_sink)
+    return RMSNormPerExampleRef.apply(x, weight, eps, sink, forward_fn, grad_sink)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,12 +402,122 @@ class SqNormAccumulator:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExampleLayout:
+    """Which dimension of a norm module's input indexes examples.
+
+    Attributes:
+        dim: the input dimension that indexes examples (never the last, hidden, one).
+        flat: the leading dimension is examples x positions flattened examples-major (a
+            ``(B*T, H)`` input from ``x.view(-1, H)`` of a ``(B, T, H)`` activation); the number of
+            examples then comes from the model input (:class:`GNSRoot`).
+        source: ``"found"`` (traced from the model inputs), ``"override"`` (``batch_dim=``) or
+            ``"default"`` (a module used on its own: the leading dim).
+
+    Example:
+        >>> ExampleLayout(dim=1, source="override")
+        ExampleLayout(dim=1, flat=False, source='override')
+    """
+
+    dim: int = 0
+    flat: bool = False
+    source: str = "default"
+
+
+class GNSRoot:
+    """State shared by the per-example norms of one model (set by its forward pre-hook).
+
+    Attributes:
+        input_loc: where the example count is read from the model inputs: ``("arg", i, dim)``
+            or ``("kwarg", name, dim)``; None when unknown.
+        n: examples in the current forward (from ``input_loc``), or None.
+        forward_id: eager forwards seen (a norm allocates a fresh per-example sink per forward).
+        found: whether example layouts have been looked for (once, at the first eager forward
+            or :func:`fxparam.gns.prepare`).
+        batch_dim: the user's override (``int`` or ``{norm FQN: int}``) or None.
+        norms: norm FQN -> module, for error messages and layout assignment.
+    """
+
+    def __init__(self, batch_dim: int | dict[str, int] | None = None) -> None:
+        self.input_loc: tuple[str, int | str, int] | None = None
+        self.n: int | None = None
+        self.forward_id = 0
+        self.found = False
+        self.batch_dim = batch_dim
+        self.norms: dict[str, nn.Module] = {}
+
+    def __repr__(self) -> str:
+        return f"GNSRoot(input_loc={self.input_loc}, n={self.n}, found={self.found}, batch_dim={self.batch_dim})"
+
+
+class _GNSState:
+    """Per norm module: its layout, root, accumulator and the current per-example gradient sink."""
+
+    def __init__(self) -> None:
+        self.fqn = ""
+        self.layout: ExampleLayout | None = None
+        self.root: GNSRoot | None = None
+        self.acc = SqNormAccumulator()
+        self.sink: torch.Tensor | None = None
+        self.names: tuple[str, ...] = ()
+        self.sink_forward: int | None = None
+        self.pending = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _GNSState:
+        # A copy (deepcopy / pickle of the model) starts without sinks: a sink's hook feeds the
+        # accumulator of the module that created it.
+        new = _GNSState()
+        new.fqn, new.layout = self.fqn, self.layout
+        new.root = copy.deepcopy(self.root, memo)
+        new.acc.keep_per_example = self.acc.keep_per_example
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fqn": self.fqn, "layout": self.layout, "root": self.root, "keep": self.acc.keep_per_example}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.fqn, self.layout, self.root = state["fqn"], state["layout"], state["root"]
+        self.acc.keep_per_example = state["keep"]
+
+
+def _consume_sink(state: _GNSState, sink: torch.Tensor) -> None:
+    """Post-accumulate-grad hook of a sink: fold each example's squared norm into the accumulator."""
+    g = sink.grad
+    sink.grad = None
+    state.pending = False
+    if g is None:
+        return
+    sq = g.detach().float().pow(2).sum(-1)  # (B, P): |per-example gradient summed over uses|^2
+    cols = dict(zip(state.names, sq.unbind(1), strict=True))
+    state.acc.add(cols.get("weight"), cols.get("bias"))
+
+
+def _functorch_active() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 class PerExampleNormMixin:
     """What every per-example norm module shares; ``isinstance(m, PerExampleNormMixin)`` finds them.
 
     Class attributes: ``norm_kind`` (``"layernorm"`` / ``"rmsnorm"``) and ``base_class`` (the
     norm class it extends, e.g. ``nn.LayerNorm``). Instance/class attribute ``backend``
     (``"auto"``) picks the kernel path.
+
+    How per-example gradients leave the backward: each forward passes a *sink*, a zero leaf
+    tensor of shape ``(n_examples, P, hidden)`` (``P`` = 1 for a gain, 2 with a bias) that the
+    output does not depend on, and the backward sets its gradient to the per-example gradients
+    ``[dweight_b, dbias_b]``. Autograd sums that gradient over every use of the module in the
+    forward (a norm shared across depth), so a post-accumulate-grad hook on the sink squares
+    each example's *summed* gradient, the per-example gradient of the shared parameter, and
+    adds it to :attr:`gns_accumulator`. Under ``torch.compile`` the sink is an ordinary graph
+    input (no Python state is touched in the compiled backward); it must exist before the first
+    compiled call (:func:`fxparam.gns.prepare`, or any eager forward, allocates it).
+
+    Which input dimension indexes examples is :attr:`example_layout` (found from the model's
+    inputs by :func:`fxparam.gns.swap_norms` / :func:`fxparam.gns.monitor`; the leading dim for a
+    module used on its own). Under ``torch.func`` transforms (``vmap``, ``grad``) the module is
+    its base class's forward: no per-example norms are recorded there.
 
     Example:
         >>> isinstance(PerExampleRMSNorm(8), PerExampleNormMixin)
@@ -352,13 +529,30 @@ class PerExampleNormMixin:
     backend: Backend = "auto"
 
     @property
+    def _gns(self) -> _GNSState:
+        st = self.__dict__.get("_fxparam_gns")
+        if st is None:
+            st = _GNSState()
+            self.__dict__["_fxparam_gns"] = st
+        return st
+
+    @property
     def gns_accumulator(self) -> SqNormAccumulator:
         """This module's :class:`SqNormAccumulator` (created on first use)."""
-        acc = self.__dict__.get("_fxparam_gns_acc")
-        if acc is None:
-            acc = SqNormAccumulator()
-            self.__dict__["_fxparam_gns_acc"] = acc
-        return acc
+        return self._gns.acc
+
+    @property
+    def example_layout(self) -> ExampleLayout:
+        """Which input dim indexes examples (:class:`ExampleLayout`); the leading dim until set."""
+        return self._gns.layout or ExampleLayout()
+
+    def set_example_layout(self, layout: ExampleLayout | int) -> None:
+        """Set which input dim indexes examples (an int: that dim, as an override)."""
+        if isinstance(layout, int):
+            layout = ExampleLayout(dim=layout, source="override")
+        st = self._gns
+        st.layout = layout
+        st.sink, st.pending = None, False
 
     def tracked_parameters(self) -> dict[str, nn.Parameter]:
         """Local name -> parameter for the parameters whose per-example norms are reported."""
@@ -372,12 +566,85 @@ class PerExampleNormMixin:
     def _per_example_extra_repr(self) -> str:
         return f"per_example=True, backend={self.backend!r}"
 
+    def _sink_for(self, n: int, hidden: int, device: torch.device) -> torch.Tensor:
+        st = self._gns
+        shape = (n, len(st.names), hidden)
+        sink = st.sink
+        if torch.compiler.is_compiling():
+            if sink is None or tuple(sink.shape) != shape or sink.device != device:
+                raise GNSError(
+                    f"per-example norm {st.fqn or type(self).__name__!r}: no per-example gradient sink of shape "
+                    f"{shape} (examples, parameters, hidden) exists for this compiled call (have "
+                    f"{None if sink is None else tuple(sink.shape)}); sinks are graph inputs and must be "
+                    "allocated before tracing: call fxparam.gns.prepare(model, *inputs) once before the first "
+                    "compiled call (or run one eager step), or use fxparam.compile, which does it"
+                )
+            return sink
+        fid = st.root.forward_id if st.root is not None else None
+        reusable = (
+            sink is not None
+            and tuple(sink.shape) == shape
+            and sink.device == device
+            # same forward (a module used several times), or the last one's gradient was read;
+            # without a root (a module used on its own) every call until the backward shares it
+            and (not st.pending or fid is None or st.sink_forward == fid)
+        )
+        if not reusable:
+            sink = torch.zeros(shape, dtype=torch.float32, device=device, requires_grad=True)
+            sink.register_post_accumulate_grad_hook(functools.partial(_consume_sink, st))
+            st.sink = sink
+        st.pending, st.sink_forward = True, fid
+        return sink
+
+    def _per_example(
+        self, x: torch.Tensor, run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    ) -> torch.Tensor:
+        """``run(x_examples_first, sink)`` with the input laid out examples-first, output laid back."""
+        params = [(n, p) for n, p in (("weight", getattr(self, "weight", None)), ("bias", getattr(self, "bias", None)))
+                  if isinstance(p, torch.Tensor)]
+        if not (torch.is_grad_enabled() and any(p.requires_grad for _, p in params)) or x.dim() == 0:
+            return run(x, None)
+        st = self._gns
+        st.names = tuple(n for n, _ in params)
+        layout = self.example_layout
+        hidden = x.shape[-1]
+        if x.dim() == 1:  # one row: one example
+            return run(x.view(1, hidden), self._sink_for(1, hidden, x.device)).view(x.shape)
+        if layout.flat:
+            n = st.root.n if st.root is not None else None
+            rows = x.numel() // max(1, hidden)
+            if n is None or n <= 0 or rows % n:
+                raise GNSError(
+                    f"per-example norm {st.fqn!r}: its input {tuple(x.shape)} flattens examples x positions, "
+                    f"and the number of examples from the model input is {n}; pass batch_dim= to "
+                    "fxparam.gns.swap_norms / monitor if the example dim is another one"
+                )
+            xe = x.reshape(n, rows // n, hidden)
+            return run(xe, self._sink_for(n, hidden, x.device)).reshape(x.shape)
+        d = layout.dim
+        if d < 0 or d >= x.dim() - 1:
+            raise GNSError(
+                f"per-example norm {st.fqn!r}: example dim {d} is not a leading dim of its input {tuple(x.shape)} "
+                "(the last dim is the hidden size); fix the batch_dim= override"
+            )
+        if d == 0:
+            return run(x, self._sink_for(x.shape[0], hidden, x.device))
+        xe = x.movedim(d, 0).contiguous()
+        return run(xe, self._sink_for(x.shape[d], hidden, x.device)).movedim(0, d)
+
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The base class's forward when a ``torch.func`` transform is active (else None)."""
+        if not torch.compiler.is_compiling() and _functorch_active():
+            return self.base_class.forward(self, x)  # type: ignore[arg-type]
+        return None
+
 
 class PerExampleLayerNorm(PerExampleNormMixin, nn.LayerNorm):
     """``nn.LayerNorm`` whose backward also reports per-example weight/bias gradient norms.
 
     Same constructor, parameters and ``state_dict`` keys as ``nn.LayerNorm``; only a 1-D
-    ``normalized_shape`` (the last dim) is supported.
+    ``normalized_shape`` (the last dim) is supported. See :class:`PerExampleNormMixin` for
+    how the per-example gradients are collected.
 
     Example:
         >>> ln = PerExampleLayerNorm(16)
@@ -395,8 +662,14 @@ class PerExampleLayerNorm(PerExampleNormMixin, nn.LayerNorm):
             raise KernelError(
                 f"PerExampleLayerNorm: normalized_shape must be 1-D (the last dim), got {tuple(self.normalized_shape)}"
             )
-        return layer_norm_per_example(
-            input, self.weight, self.bias, self.eps, sink=self.gns_accumulator, backend=self.backend
+        plain = self._plain_forward(input)
+        if plain is not None:
+            return plain
+        return self._per_example(
+            input,
+            lambda x, sink: layer_norm_per_example(
+                x, self.weight, self.bias, self.eps, backend=self.backend, grad_sink=sink
+            ),
         )
 
     def extra_repr(self) -> str:
@@ -424,7 +697,13 @@ class PerExampleRMSNorm(PerExampleNormMixin, nn.RMSNorm):
             raise KernelError(
                 f"PerExampleRMSNorm: normalized_shape must be 1-D (the last dim), got {tuple(self.normalized_shape)}"
             )
-        return rms_norm_per_example(x, self.weight, self.eps, sink=self.gns_accumulator, backend=self.backend)
+        plain = self._plain_forward(x)
+        if plain is not None:
+            return plain
+        return self._per_example(
+            x,
+            lambda xe, sink: rms_norm_per_example(xe, self.weight, self.eps, backend=self.backend, grad_sink=sink),
+        )
 
     def extra_repr(self) -> str:
         return f"{nn.RMSNorm.extra_repr(self)}, {self._per_example_extra_repr()}"
@@ -440,25 +719,29 @@ class _ForeignPerExampleNorm(PerExampleNormMixin):
     _fxparam_eps: float
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        plain = self._plain_forward(hidden_states)
+        if plain is not None:
+            return plain
         base_forward = functools.partial(self.base_class.forward, self)
         weight = getattr(self, "weight", None)
         if self.norm_kind == "rmsnorm":
-            return rms_norm_per_example(
+            return self._per_example(
                 hidden_states,
+                lambda x, sink: rms_norm_per_example(
+                    x, weight, self._fxparam_eps, backend=self.backend, forward_fn=base_forward, grad_sink=sink
+                ),
+            )
+        return self._per_example(
+            hidden_states,
+            lambda x, sink: layer_norm_per_example(
+                x,
                 weight,
+                getattr(self, "bias", None),
                 self._fxparam_eps,
-                sink=self.gns_accumulator,
                 backend=self.backend,
                 forward_fn=base_forward,
-            )
-        return layer_norm_per_example(
-            hidden_states,
-            weight,
-            getattr(self, "bias", None),
-            self._fxparam_eps,
-            sink=self.gns_accumulator,
-            backend=self.backend,
-            forward_fn=base_forward,
+                grad_sink=sink,
+            ),
         )
 
     def extra_repr(self) -> str:
@@ -535,6 +818,8 @@ def per_example_class(base_cls: type[nn.Module], kind: NormKind, *, foreign: boo
 
 __all__ = [
     "Backend",
+    "ExampleLayout",
+    "GNSRoot",
     "LayerNormPerExampleTriton",
     "NormKind",
     "PerExampleLayerNorm",

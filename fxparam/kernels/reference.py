@@ -62,6 +62,8 @@ class NormGrads:
         dbias: ``(N,)`` gradient of the bias (None if no bias / not needed).
         sq_weight: fp32 ``(B,)``, ``|dweight_b|^2`` per example (None with dweight).
         sq_bias: fp32 ``(B,)``, ``|dbias_b|^2`` per example (None with dbias).
+        dweight_pe: fp32 ``(B, N)`` per-example gain gradients ``dweight_b`` (None with dweight).
+        dbias_pe: fp32 ``(B, N)`` per-example bias gradients ``dbias_b`` (None with dbias).
     """
 
     dx: torch.Tensor | None
@@ -69,6 +71,8 @@ class NormGrads:
     dbias: torch.Tensor | None
     sq_weight: torch.Tensor | None
     sq_bias: torch.Tensor | None
+    dweight_pe: torch.Tensor | None = None
+    dbias_pe: torch.Tensor | None = None
 
 
 def as_examples(x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +193,7 @@ def norm_backward_spec(
     db_pe = dyf.sum(dim=1) if has_bias else None
     dweight, sq_w = reduce_per_example(dw_pe, weight.dtype if weight is not None else None)
     dbias, sq_b = reduce_per_example(db_pe, weight.dtype if weight is not None else torch.float32)
-    return NormGrads(dx.to(x.dtype), dweight, dbias, sq_w, sq_b)
+    return NormGrads(dx.to(x.dtype), dweight, dbias, sq_w, sq_b, dw_pe, db_pe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +323,7 @@ def layer_norm_backward(
     wdtype = weight.dtype if weight is not None else torch.float32
     dweight, sq_w = reduce_per_example(dw_pe, wdtype)
     dbias, sq_b = reduce_per_example(db_pe, wdtype)
-    return NormGrads(dx, dweight, dbias, sq_w, sq_b)
+    return NormGrads(dx, dweight, dbias, sq_w, sq_b, dw_pe, db_pe)
 
 
 def rms_norm_backward(
@@ -355,7 +359,7 @@ def rms_norm_backward(
         c1 = (xhat * g).mean(dim=-1, keepdim=True)
         dx = (g - xhat.mul_(c1)).mul_(r).to(x3.dtype)  # xhat is ours and dead after this line
     dweight, sq_w = reduce_per_example(dw_pe, weight.dtype if weight is not None else None)
-    return NormGrads(dx, dweight, None, sq_w, None)
+    return NormGrads(dx, dweight, None, sq_w, None, dw_pe, None)
 
 
 def _check_hidden(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
@@ -368,41 +372,71 @@ def _check_hidden(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tens
             )
 
 
-class LayerNormPerExampleRef(torch.autograd.Function):
-    """LayerNorm whose backward also reports per-example squared gradient norms (PyTorch path).
+def sink_gradient(
+    sink_shape: tuple[int, ...] | None, dweight_pe: torch.Tensor | None, dbias_pe: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The gradient a norm call returns for its ``grad_sink`` input: fp32 ``(B, P, N)`` per-example gradients.
 
-    ``apply(x, weight, bias, eps, sink=None, forward_fn=None)``. ``sink(sq_weight, sq_bias)`` is
-    called once per backward with fp32 ``(B,)`` tensors. ``forward_fn(x)``, when given, computes
-    the output instead of torch's kernel (used for third-party norm classes so that their output
-    stays bitwise their own); statistics are then recomputed in fp32.
+    ``P`` stacks ``dweight_b`` then ``dbias_b`` (those computed). Autograd sums what several
+    calls return for one sink tensor, so a norm used ``k`` times per forward leaves in
+    ``sink.grad`` each example's gradient summed over its uses: the per-example gradient of the
+    shared parameter (its squared norm is taken after the sum, never per call).
+
+    Raises:
+        KernelError: ``sink_shape`` is not ``(B, P, N)`` for this call.
 
     Example:
-        >>> x = torch.randn(4, 5, 16, requires_grad=True)
-        >>> w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
-        >>> y = LayerNormPerExampleRef.apply(x, w, b, 1e-5)
-        >>> torch.equal(y, torch.nn.functional.layer_norm(x, (16,), w, b, 1e-5))
-        True
+        >>> sink_gradient((2, 1, 3), torch.ones(2, 3), None).shape
+        torch.Size([2, 1, 3])
+    """
+    if sink_shape is None:
+        return None
+    parts = [t for t in (dweight_pe, dbias_pe) if t is not None]
+    if not parts:
+        return torch.zeros(sink_shape, dtype=torch.float32)
+    g = torch.stack(parts, dim=1) if len(parts) > 1 else parts[0].unsqueeze(1)
+    if tuple(g.shape) != tuple(sink_shape):
+        raise KernelError(
+            f"norm: grad_sink has shape {tuple(sink_shape)} but this call's per-example gradients are "
+            f"{tuple(g.shape)} (examples, parameters, hidden); allocate the sink for this batch"
+        )
+    return g
+
+
+class _LayerNormRefFn(torch.autograd.Function):
+    """The autograd Function behind :class:`LayerNormPerExampleRef` (``setup_context`` form).
+
+    ``apply(x, weight, bias, eps, sink, forward_fn, grad_sink) -> (y, mean, rstd)``; the
+    statistics are non-differentiable outputs so that the forward needs no ``ctx``
+    (``torch.func`` and Dynamo both trace it).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, sink=None, forward_fn=None):  # type: ignore[override]
+    def forward(x, weight, bias, eps, sink=None, forward_fn=None, grad_sink=None):  # type: ignore[override]
         _check_hidden(x, weight, bias)
         x3 = as_examples(x)
         if forward_fn is None:
             y3, mean, rstd = layer_norm_forward(x3, weight, bias, eps)
-            y = y3.view(x.shape)
-        else:
-            y = forward_fn(x)
-            mean, rstd = layer_norm_stats(x3, eps)
-        ctx.save_for_backward(x3, weight, mean, rstd)
-        ctx.eps, ctx.sink, ctx.x_shape, ctx.has_bias = eps, sink, x.shape, bias is not None
-        ctx.native_stats = forward_fn is None
-        return y
+            return y3.view(x.shape), mean, rstd
+        mean, rstd = layer_norm_stats(x3, eps)
+        return forward_fn(x), mean, rstd
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
-        x3, weight, mean, rstd = ctx.saved_tensors
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        x, weight, bias, eps, sink, forward_fn, grad_sink = inputs
+        _y, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.sink_shape = tuple(grad_sink.shape) if grad_sink is not None else None
+        ctx.eps, ctx.sink, ctx.has_bias, ctx.native_stats = eps, sink, bias is not None, forward_fn is None
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd):  # type: ignore[override]
+        x, weight, mean, rstd = ctx.saved_tensors
+        x3 = as_examples(x)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        need_sink = ctx.needs_input_grad[6]
+        need_dw, need_db = need_dw or need_sink, need_db or need_sink
         g = layer_norm_backward(
             dy.reshape(x3.shape),
             x3,
@@ -417,15 +451,85 @@ class LayerNormPerExampleRef(torch.autograd.Function):
         )
         if ctx.sink is not None and (g.sq_weight is not None or g.sq_bias is not None):
             ctx.sink(g.sq_weight, g.sq_bias)
-        dx = g.dx.view(ctx.x_shape) if g.dx is not None else None
-        return dx, g.dweight, g.dbias, None, None, None
+        dsink = sink_gradient(ctx.sink_shape, g.dweight_pe, g.dbias_pe) if need_sink else None
+        dx = g.dx.view(x.shape) if g.dx is not None else None
+        needs = ctx.needs_input_grad
+        return dx, g.dweight if needs[1] else None, g.dbias if needs[2] else None, None, None, None, dsink
 
 
-class RMSNormPerExampleRef(torch.autograd.Function):
-    """RMSNorm whose backward also reports per-example squared gain-gradient norms (PyTorch path).
+class _RMSNormRefFn(torch.autograd.Function):
+    """The autograd Function behind :class:`RMSNormPerExampleRef`: ``apply(x, weight, eps, sink, forward_fn, grad_sink) -> (y, rstd)``."""
 
-    ``apply(x, weight, eps, sink=None, forward_fn=None)``; ``eps=None`` means torch's default
-    (machine eps of the compute type), as in ``nn.RMSNorm``. ``sink(sq_weight, None)``.
+    @staticmethod
+    def forward(x, weight, eps, sink=None, forward_fn=None, grad_sink=None):  # type: ignore[override]
+        _check_hidden(x, weight, None)
+        x3 = as_examples(x)
+        if forward_fn is None:
+            y3, rstd = rms_norm_forward(x3, weight, eps)
+            return y3.view(x.shape), rstd
+        rstd = rms_norm_stats(x3, eps if eps is not None else default_rms_eps(x.dtype))
+        return forward_fn(x), rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        x, weight, _eps, sink, _forward_fn, grad_sink = inputs
+        _y, rstd = output
+        ctx.mark_non_differentiable(rstd)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.sink = sink
+        ctx.sink_shape = tuple(grad_sink.shape) if grad_sink is not None else None
+
+    @staticmethod
+    def backward(ctx, dy, _drstd):  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        x3 = as_examples(x)
+        need_dx, need_dw = ctx.needs_input_grad[:2]
+        need_sink = ctx.needs_input_grad[5]
+        need_dw = need_dw or need_sink
+        g = rms_norm_backward(dy.reshape(x3.shape), x3, weight, rstd, need_dx=need_dx, need_dweight=need_dw)
+        if ctx.sink is not None and g.sq_weight is not None:
+            ctx.sink(g.sq_weight, None)
+        dsink = sink_gradient(ctx.sink_shape, g.dweight_pe, None) if need_sink else None
+        dx = g.dx.view(x.shape) if g.dx is not None else None
+        return dx, g.dweight if ctx.needs_input_grad[1] else None, None, None, None, dsink
+
+
+class LayerNormPerExampleRef:
+    """LayerNorm whose backward also reports per-example gradients (PyTorch path).
+
+    ``apply(x, weight, bias, eps, sink=None, forward_fn=None, grad_sink=None) -> y``.
+
+    - ``grad_sink``: a leaf tensor of shape ``(B, P, N)`` (``P`` = 2 with a bias gradient, else
+      1) that the forward ignores; the backward returns the per-example gradients
+      ``[dweight_b, dbias_b]`` as its gradient (see :func:`sink_gradient`). Tensors only: the
+      path ``torch.compile(fullgraph=True)`` traces.
+    - ``sink``: a Python callback ``sink(sq_weight, sq_bias)`` called once per backward with fp32
+      ``(B,)`` squared norms (eager only; Dynamo cannot trace it).
+    - ``forward_fn(x)``, when given, computes the output instead of torch's kernel (used for
+      third-party norm classes so that their output stays bitwise their own); statistics are
+      then recomputed in fp32.
+
+    The Function (``setup_context`` form) works under ``torch.func.grad``.
+
+    Example:
+        >>> x = torch.randn(4, 5, 16, requires_grad=True)
+        >>> w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+        >>> y = LayerNormPerExampleRef.apply(x, w, b, 1e-5)
+        >>> torch.equal(y, torch.nn.functional.layer_norm(x, (16,), w, b, 1e-5))
+        True
+    """
+
+    @staticmethod
+    def apply(x, weight, bias, eps, sink=None, forward_fn=None, grad_sink=None):  # type: ignore[no-untyped-def]
+        return _LayerNormRefFn.apply(x, weight, bias, eps, sink, forward_fn, grad_sink)[0]
+
+
+class RMSNormPerExampleRef:
+    """RMSNorm whose backward also reports per-example gain gradients (PyTorch path).
+
+    ``apply(x, weight, eps, sink=None, forward_fn=None, grad_sink=None) -> y``; ``eps=None``
+    means torch's default (machine eps of the compute type), as in ``nn.RMSNorm``.
+    ``sink(sq_weight, None)``; ``grad_sink`` is ``(B, 1, N)``. See :class:`LayerNormPerExampleRef`.
 
     Example:
         >>> x = torch.randn(4, 5, 16, requires_grad=True)
@@ -436,28 +540,8 @@ class RMSNormPerExampleRef(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, eps, sink=None, forward_fn=None):  # type: ignore[override]
-        _check_hidden(x, weight, None)
-        x3 = as_examples(x)
-        if forward_fn is None:
-            y3, rstd = rms_norm_forward(x3, weight, eps)
-            y = y3.view(x.shape)
-        else:
-            y = forward_fn(x)
-            rstd = rms_norm_stats(x3, eps if eps is not None else default_rms_eps(x.dtype))
-        ctx.save_for_backward(x3, weight, rstd)
-        ctx.sink, ctx.x_shape = sink, x.shape
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
-        x3, weight, rstd = ctx.saved_tensors
-        need_dx, need_dw = ctx.needs_input_grad[:2]
-        g = rms_norm_backward(dy.reshape(x3.shape), x3, weight, rstd, need_dx=need_dx, need_dweight=need_dw)
-        if ctx.sink is not None and g.sq_weight is not None:
-            ctx.sink(g.sq_weight, None)
-        dx = g.dx.view(ctx.x_shape) if g.dx is not None else None
-        return dx, g.dweight, None, None, None
+    def apply(x, weight, eps, sink=None, forward_fn=None, grad_sink=None):  # type: ignore[no-untyped-def]
+        return _RMSNormRefFn.apply(x, weight, eps, sink, forward_fn, grad_sink)[0]
 
 
 __all__ = [
@@ -476,4 +560,5 @@ __all__ = [
     "rms_norm_backward",
     "rms_norm_forward",
     "rms_norm_stats",
+    "sink_gradient",
 ]

@@ -168,7 +168,9 @@ def _looks_like_norm(m: nn.Module) -> bool:
     return "norm" in type(m).__name__.lower() and not isinstance(m, _NOT_LN_OR_RMS)
 
 
-def swap_norms(model: nn.Module, fqns: Iterable[str] | None = None) -> list[str]:
+def swap_norms(
+    model: nn.Module, fqns: Iterable[str] | None = None, *, batch_dim: int | dict[str, int] | None = None
+) -> list[str]:
     """Make LayerNorm/RMSNorm modules report per-example gradient norms, in place.
 
     Each module at ``fqns`` (or, when None, every LayerNorm/RMSNorm detected in ``model``; see
@@ -181,13 +183,21 @@ def swap_norms(model: nn.Module, fqns: Iterable[str] | None = None) -> list[str]
         model: the model, modified in place.
         fqns: module FQNs (as in ``model.named_modules()``) to swap, e.g. from the norm analysis;
             None to detect them.
+        batch_dim: which dim of each norm's input indexes examples, when it should not be found
+            from the model (an int for every norm, or ``{norm FQN: dim}``). By default it is found
+            at the first training forward (``fxparam.gns._batch_dim``: the model-input dim that
+            no matmul, attention or softmax mixes), or by :func:`fxparam.gns.prepare`.
 
     Returns:
         The FQNs swapped by this call, in the given (or model) order; empty when nothing changed.
 
     Raises:
         GNSError: an FQN is missing or names a module that cannot be swapped (e.g. a LayerNorm
-            over two dims); the message lists every such FQN and nothing has been modified.
+            over two dims); the message lists every such FQN and nothing has been modified. Or
+            ``batch_dim`` is not an int / dict.
+
+    The model also gets a forward pre-hook (one per model) that finds each norm's example
+    dimension at the first training forward and reads the number of examples each forward.
 
     Example:
         >>> from fxparam.models.gpt import GPT, GPTConfig
@@ -246,6 +256,10 @@ def swap_norms(model: nn.Module, fqns: Iterable[str] | None = None) -> list[str]
         s.module.__class__ = s.target
         if s.eps is not None:
             s.module.__dict__["_fxparam_eps"] = s.eps
+    if specs or batch_dim is not None:
+        from fxparam.gns._batch_dim import attach_root
+
+        attach_root(model, batch_dim)
     return [s.fqn for s in specs]
 
 
@@ -264,12 +278,15 @@ def unswap_norms(model: nn.Module) -> list[str]:
         >>> type(model.ln_f).__name__
         'LayerNorm'
     """
+    from fxparam.gns._batch_dim import detach_root
+
+    detach_root(model)
     out = []
     for fqn, m in model.named_modules():
         if isinstance(m, PerExampleNormMixin):
             m.__class__ = m.base_class  # type: ignore[assignment]
             m.__dict__.pop("_fxparam_eps", None)
-            m.__dict__.pop("_fxparam_gns_acc", None)
+            m.__dict__.pop("_fxparam_gns", None)
             m.__dict__.pop("backend", None)
             out.append(fqn)
     return out
