@@ -25,6 +25,9 @@ class OutputScale:
     def __call__(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
         if isinstance(output, torch.Tensor):
             return output * self.factor
+        if isinstance(module, torch.nn.MultiheadAttention) and isinstance(output, tuple):
+            # (attn_output, attn_weights): the branch is attn_output; the weights are probabilities
+            return (output[0] * self.factor, *output[1:])
         raise LoweringError(
             f"fxparam: cannot scale the output of {self.where} ({type(module).__name__}): it returned "
             f"{type(output).__name__}, not a tensor"
@@ -63,6 +66,7 @@ class PushScale:
     def __call__(self, module: torch.nn.Module, args: tuple) -> None:
         from fxparam.lowering import sdpa
 
+        sdpa.install()  # idempotent: a model unpickled in a fresh process installs the wrapper on first use
         sdpa.push(self.scale)
 
 

@@ -58,6 +58,13 @@ def _validate(model: nn.Module, plan: Plan) -> None:
         if name not in modules:
             raise LoweringError(f"the plan scales module {name!r}, which {type(model).__name__} does not have")
     for name, site in plan.attention.items():
+        if isinstance(modules.get(name), nn.MultiheadAttention) and site.scale != site.previous:
+            raise LoweringError(
+                f"cannot set the attention logit scale of {name!r} (nn.MultiheadAttention): it computes "
+                f"1/sqrt(head_dim) internally (a fused kernel in eval mode), so the planned {site.scale:.6g} would "
+                "not be in effect. Pass attention='sp' in the config to keep 1/sqrt(d_head), or compute attention "
+                "with F.scaled_dot_product_attention in your own module."
+            )
         if site.attr is not None:
             owner = modules.get(site.attr_module or name)
             if owner is None or not isinstance(getattr(owner, site.attr, None), float):

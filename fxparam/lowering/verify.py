@@ -317,15 +317,15 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
     for name, site in plan.attention.items():
         calls = sdpa[name]
         if not calls:
-            if site.attr is None:
+            if site.attr is None and site.scale != site.previous:
                 report.checks.append(SiteCheck(
                     site=name, kind="attention", planned=site.scale, how="probe", ok=False,
                     detail="no scaled_dot_product_attention call was seen inside the module, so the planned "
                            "scale cannot be in effect",
                 ))
             else:
-                report.notes.append(f"{name}: no SDPA call seen (hand-written attention); scale checked on "
-                                    f"the attribute {site.attr!r} only")
+                report.notes.append(f"{name}: no SDPA call seen (hand-written or fused attention); scale checked "
+                                    "on module state only")
             continue
         bad = [s for s in calls if not _close(s, site.scale, 1e-6)]
         report.checks.append(SiteCheck(
@@ -447,7 +447,7 @@ def verify(
                     ok=realized is not None and _close(realized, site.scale),
                     detail=f"attribute {(site.attr_module or name)}.{site.attr}",
                 ))
-            else:
+            elif site.scale != site.previous:
                 report.checks.append(SiteCheck(
                     site=name, kind="attention", planned=site.scale, realized=pushed,
                     ok=pushed is not None and _close(pushed, site.scale), detail="SDPA scale set by a pre-hook",

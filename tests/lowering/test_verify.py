@@ -184,25 +184,31 @@ class MHALM(nn.Module):
         return self.head(x)
 
 
-@pytest.mark.parametrize("attention", ["mup", "sp"])
-def test_case5_multihead_attention_works_or_is_refused_at_transform_time(attention: str) -> None:
+@pytest.mark.parametrize(("attention", "base_head_dim"), [("mup", None), ("sp", None), ("mup", 8)])
+def test_case5_multihead_attention_works_or_is_refused_at_transform_time(attention: str,
+                                                                         base_head_dim: int | None) -> None:
     """Never a transform that succeeds and a first forward that raises."""
     torch.manual_seed(0)
-    model = MHALM()
+    model = MHALM()  # d 32, 2 heads: d_head 16
     idx = torch.randint(0, 256, (2, 8))
     reference = copy.deepcopy(model)
     before = _snapshot(model)
-    try:
-        fxparam.transform(model, "completep", base_width=16, base_depth=1, attention=attention,
-                          example_inputs=(idx,), init=False)
-    except fxparam.LoweringError as exc:
-        assert "attn" in str(exc), exc
+    extra = {} if base_head_dim is None else {"base_head_dim": base_head_dim}
+    if base_head_dim is not None:  # sqrt(8)/16 != 1/4: a logit scale nn.MultiheadAttention cannot take
+        with pytest.raises(fxparam.LoweringError, match=r"MultiheadAttention.*attention='sp'"):
+            fxparam.transform(model, "completep", base_width=16, base_depth=1, attention=attention,
+                              example_inputs=(idx,), init=False, **extra)
         assert _same(before, _snapshot(model))
         return
-    # accepted: it must then run and realize the plan; residual branches scaled by base_depth/depth = 1/2
-    assert verify(model, example_inputs=(idx,)).ok
-    with torch.no_grad():
-        out = model(idx)
+    fxparam.transform(model, "completep", base_width=16, base_depth=1, attention=attention,
+                      example_inputs=(idx,), init=False)
+    # accepted: it runs and realizes the plan; residual branches (the MHA output too) x base_depth/depth = 1/2
+    report = verify(model, example_inputs=(idx,))
+    assert report.ok, str(report)
+    mha = [c for c in report.checks if c.site == "blocks.0.attn" and c.how == "probe"]
+    assert mha and math.isclose(mha[0].realized, 0.5, rel_tol=1e-5)
+    model.train()  # the training path (F.multi_head_attention_forward) as well as the fused eval path
+    out = model(idx)
     assert torch.isfinite(out).all()
     assert not torch.allclose(out, reference(idx))  # negative control: the plan changed the function
 
