@@ -22,6 +22,9 @@ from fxparam.errors import (
 from fxparam.lowering.compile import backend, compile_pass
 from fxparam.optim import optimizer, param_groups
 from fxparam.plan import Plan, plan_of
+from fxparam.lowering.verify import VerifyReport, verify
+from fxparam.checkpoint import from_pretrained, init_weights, load, save
+from fxparam.lowering.fold import fold
 
 from fxparam import gns, recipes  # noqa: E402  isort: skip  (sub-packages as namespaces)
 from fxparam.recipes import schedules  # noqa: E402  isort: skip  (public as fxparam.schedules)
@@ -73,4 +76,11 @@ __all__ = [
     "recipes",
     "schedules",
     "transform",
+    "verify",
+    "VerifyReport",
+    "fold",
+    "from_pretrained",
+    "init_weights",
+    "load",
+    "save",
 ]
