@@ -151,6 +151,12 @@ def optimizer(
         >>> r = fxparam.recipes.recommend(params=610e6, tokens=48.5e9, base_lr=1.62e-2, width_multiplier=8)
         >>> opt = fxparam.optimizer(model, torch.optim.AdamW, recipe=r)
     """
+    if rule is None and _is_muon(opt_cls):
+        if recipe is not None:
+            raise OptimizerError("fxparam.optimizer: recipe= assumes AdamW; pass lr= and weight_decay= for Muon")
+        if lr is None:
+            raise OptimizerError("fxparam.optimizer: give lr= (the base LR) for Muon")
+        return muon_optimizer(model, lr, weight_decay or 0.0, eps, muon_cls=opt_cls, **kwargs)
     rule = rule or rule_for(opt_cls)
     if recipe is not None:
         lr, weight_decay = _from_recipe(model, recipe, lr, weight_decay, rule, independent_wd)
@@ -160,6 +166,149 @@ def optimizer(
                           independent_wd=independent_wd)
     opt = opt_cls(groups, lr=lr, **kwargs)
     _BUILT.add(opt)
+    return opt
+
+
+def _is_muon(opt_cls: type) -> bool:
+    return any(cls.__name__ == "Muon" for cls in getattr(opt_cls, "__mro__", ()))
+
+
+#: The Muon LR exponent of the width multiplier per ``adjust_lr_fn`` (hidden LR = eta * m_d**-k).
+MUON_WIDTH_EXPONENT = {"original": 0.0, "match_rms_adamw": 0.5}
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon on the hidden matrices and an Adam-family optimizer on everything else, stepped as one.
+
+    ``param_groups`` is the union of both optimizers' groups (the same dicts), so LR schedulers,
+    ``zero_grad`` and fxparam's checks see every group; ``state_dict`` holds both states.
+
+    Attributes:
+        muon: the Muon optimizer (hidden 2-D weights).
+        adam: the Adam-family optimizer (embeddings, readout, vectors, hidden tensors that are not 2-D).
+    """
+
+    def __init__(self, muon: torch.optim.Optimizer, adam: torch.optim.Optimizer) -> None:
+        self.muon, self.adam = muon, adam
+        super().__init__([*muon.param_groups, *adam.param_groups], {})
+        # Optimizer.__init__ re-registered the same dicts: keep them shared with the two inner optimizers
+        self.param_groups = [*muon.param_groups, *adam.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adam.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"muon": self.muon.state_dict(), "adam": self.adam.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        if set(state_dict) != {"muon", "adam"}:
+            raise OptimizerError("MuonAdamW.load_state_dict: expected {'muon': ..., 'adam': ...} from MuonAdamW.state_dict()")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adam.load_state_dict(state_dict["adam"])
+        self.param_groups = [*self.muon.param_groups, *self.adam.param_groups]
+
+
+def muon_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    eps: float | None = 1e-8,
+    *,
+    muon_cls: type[torch.optim.Optimizer] | None = None,
+    adjust_lr_fn: str = "match_rms_adamw",
+    adam_lr: float | None = None,
+    adam_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    adam_kwargs: dict[str, Any] | None = None,
+    **muon_kwargs: Any,
+) -> MuonAdamW:
+    """Muon (``torch.optim.Muon``) for hidden matrices, AdamW for the rest, with muP/CompleteP rules.
+
+    The rule (spectral condition for feature learning, Yang, Simon & Bernstein 2023,
+    arXiv 2310.17813: a hidden weight's update needs spectral norm Theta(sqrt(fan_out/fan_in)),
+    i.e. Theta(1) for width->width matrices). Muon's orthogonalised update ``O`` has spectral norm 1
+    and torch scales it by ``lr * adjust(shape)``:
+
+    - ``adjust_lr_fn="match_rms_adamw"`` (default; Liu et al. 2025, "Muon is scalable for LLM
+      training"): ``0.2 * sqrt(max(fan_out, fan_in))``, growing as ``sqrt(m_d)`` -> hidden LR
+      ``eta / sqrt(m_d)``; one base LR ``eta`` serves Muon and AdamW (the update RMS matches AdamW's).
+    - ``adjust_lr_fn="original"`` (Jordan et al. 2024): ``sqrt(max(1, fan_out/fan_in))``, constant
+      across width -> hidden LR ``eta`` (no width factor).
+
+    CompleteP's depth factor ``m_L**(alpha-1)`` multiplies the hidden LR as for Adam (both normalise
+    their updates). Weight decay: Muon decays as ``p *= 1 - lr * wd``; ``wd`` is chosen so the shrink
+    ``lr * wd`` equals the Adam rule's (width-invariant timescale): ``weight_decay * wd_mult *
+    lr_mult / muon_lr_mult``. Everything that is not a 2-D hidden weight (embeddings, readout,
+    vectors, conv kernels) gets ``adam_cls`` with the Adam table (LR ``adam_lr * lr_mult``, eps
+    ``eps * eps_mult``). Full derivation: docs/muon.md.
+
+    Args:
+        model: a transformed model.
+        lr: Muon's base LR ``eta`` (at the base width/depth).
+        weight_decay: base coupled weight decay lambda (both optimizers).
+        eps: base Adam epsilon.
+        muon_cls: the Muon class (default ``torch.optim.Muon``).
+        adjust_lr_fn: ``"match_rms_adamw"`` or ``"original"`` (passed to Muon).
+        adam_lr: base LR of the Adam part (default ``lr``).
+        adam_cls, adam_kwargs: the optimizer for the rest and its extra arguments.
+        **muon_kwargs: passed to Muon (``momentum``, ``nesterov``, ``ns_steps``...).
+
+    Returns:
+        A :class:`MuonAdamW`; every group carries ``param_names`` and ``fxparam_lr_mult`` (relative
+        to ``lr``), so :mod:`fxparam.schedulers` keep the ratios.
+
+    Raises:
+        OptimizerError: ``lr <= 0``, an unknown ``adjust_lr_fn``, or torch without Muon (< 2.9).
+
+    Example:
+        >>> opt = fxparam.optimizer(model, torch.optim.Muon, lr=2e-2, weight_decay=0.1)
+    """
+    if muon_cls is None:
+        muon_cls = getattr(torch.optim, "Muon", None)
+        if muon_cls is None:
+            raise OptimizerError("torch.optim.Muon needs torch >= 2.9; upgrade torch or pass muon_cls=")
+    if adjust_lr_fn not in MUON_WIDTH_EXPONENT:
+        raise OptimizerError(
+            f"fxparam knows the muP rule for Muon's adjust_lr_fn 'match_rms_adamw' and 'original', got {adjust_lr_fn!r}"
+        )
+    if lr <= 0:
+        raise OptimizerError(f"lr must be positive, got {lr}")
+    adam_lr = lr if adam_lr is None else adam_lr
+    plan = plan_of(model)
+    k = MUON_WIDTH_EXPONENT[adjust_lr_fn]
+    depth_lr = plan.m_L ** (plan.alpha - 1.0) if plan.alpha is not None else 1.0
+    muon_mult = plan.m_d**-k * depth_lr
+    muon_params: list[tuple[str, nn.Parameter]] = []
+    adam_groups = param_groups(model, adam_lr, weight_decay, eps, rule="adam")
+    for group in adam_groups:
+        group["fxparam_lr_mult"] = group["fxparam_lr_mult"] * adam_lr / lr
+        keep = [(n, p) for n, p in zip(group["param_names"], group["params"], strict=True)
+                if not (plan.rules_for(n).role == "hidden" and p.ndim == 2)]
+        muon_params += [(n, p) for n, p in zip(group["param_names"], group["params"], strict=True)
+                        if plan.rules_for(n).role == "hidden" and p.ndim == 2]
+        group["param_names"] = [n for n, _ in keep]
+        group["params"] = [p for _, p in keep]
+    adam_groups = [g for g in adam_groups if g["params"]]
+    if not muon_params:
+        raise OptimizerError("muon_optimizer: the plan has no 2-D hidden weights for Muon; use AdamW")
+    by_wd: dict[float, dict[str, Any]] = {}
+    for name, p in muon_params:
+        rules = plan.rules_for(name)
+        wd = weight_decay * rules.wd_mult * rules.lr_mult / muon_mult if rules.wd_mult else 0.0
+        group = by_wd.setdefault(wd, {"params": [], "param_names": [], "lr": lr * muon_mult, "weight_decay": wd,
+                                      "fxparam_lr_mult": muon_mult, "adjust_lr_fn": adjust_lr_fn})
+        group["params"].append(p)
+        group["param_names"].append(name)
+    muon = muon_cls(list(by_wd.values()), lr=lr * muon_mult, adjust_lr_fn=adjust_lr_fn, **muon_kwargs)
+    adam = adam_cls(adam_groups, lr=adam_lr, **(adam_kwargs or {}))
+    opt = MuonAdamW(muon, adam)
+    _BUILT.update((opt, muon, adam))
     return opt
 
 

@@ -113,7 +113,9 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float | list[float], **k
     Args:
         optimizer: built by :func:`fxparam.optimizer`.
         max_lr: the base peak LR (or a list, one per group, used as given).
-        **kwargs: ``OneCycleLR`` arguments (``total_steps`` or ``epochs``/``steps_per_epoch``, ...).
+        **kwargs: ``OneCycleLR`` arguments (``total_steps`` or ``epochs``/``steps_per_epoch``, ...);
+            ``cycle_momentum`` defaults to False for a :class:`~fxparam.optim.MuonAdamW` (its groups
+            have no common momentum key).
 
     Raises:
         OptimizerError: an optimizer without the plan's multipliers.
@@ -121,6 +123,10 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float | list[float], **k
     Example:
         >>> sched = one_cycle(opt, max_lr=1e-2, total_steps=100)
     """
+    from fxparam.optim import MuonAdamW
+
+    if isinstance(optimizer, MuonAdamW):  # Muon groups have 'momentum', AdamW groups 'betas': no common one
+        kwargs.setdefault("cycle_momentum", False)
     return adapt(lr_scheduler.OneCycleLR, optimizer, max_lr=max_lr, **kwargs)
 
 
