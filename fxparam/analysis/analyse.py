@@ -113,9 +113,16 @@ def analyse(
     stream_depths = [len(applied[s]) for s in sorted(applied)]
 
     attention: list[AttentionSite] = []
-    for a in sf.attention_sites():
+    skeleton_sites = sf.attention_sites()
+    skeleton_scale = {a.module: a.scale for a in skeleton_sites}
+    for a in skeleton_sites:
+        # capture keeps 2 blocks: a scale held in no attribute that differs between them (a per-layer
+        # constant) is unknown for the blocks that were not captured -> None (the passes warn)
+        varies = a.scale_attr is None and skeleton_scale.get(_previous_block(cap, a.module), a.scale) != a.scale
         for real in cap.real_names(a.module):
             changes: dict[str, Any] = {"module": real}
+            if varies and real != a.module:
+                changes["scale"] = None
             if a.scale_attr_module is not None:
                 changes["scale_attr_module"] = _rename(a.scale_attr_module, a.module, real)
                 # per layer: the real module's own value (blocks past the captured ones may differ)
@@ -179,6 +186,15 @@ def _role(sf: StructureFinder, shape: list[int], uses: list, width: int | None) 
                        "fan_in": shape[-2], "fan_out": shape[-1], "fan_in_dim": len(shape) - 2}
     return base | {"role": "vector", "fan_in_width": False, "fan_out_width": True,
                    "fan_out": shape[-1] if shape else None}
+
+
+def _previous_block(cap: Capture, fqn: str) -> str:
+    """The same module in the block before, for a module in the last captured block of a shortened container."""
+    for prefix, (kept, _total) in cap.reduced.items():
+        last = f"{prefix}.{kept - 1}"
+        if kept >= 2 and (fqn == last or fqn.startswith(last + ".")):
+            return f"{prefix}.{kept - 2}" + fqn[len(last) :]
+    return fqn
 
 
 def _submodule(model: nn.Module, fqn: str) -> nn.Module | None:

@@ -220,3 +220,28 @@ def test_attention_scale_not_found_is_loud(where):
     with warnings.catch_warnings():  # the override: SP attention, knowingly
         warnings.filterwarnings("error", message=".*logit scale.*")
         fxparam.plan(model, MuP(base_width=D, attention="sp"), example_inputs=(IDS,))
+
+
+class LayerAttn(Attn):
+    """A per-layer constant written inline (no attribute): 1/sqrt(d_head)/(layer + 1)."""
+
+    def __init__(self, layer: int) -> None:
+        super().__init__("mul")
+        del self.scale
+        self.layer = layer
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q @ k.transpose(-2, -1)) * (HD**-0.5 / (self.layer + 1))
+
+
+def test_per_layer_inline_constant_is_read_per_layer_or_flagged():
+    model = AttnLM("mul", n=4)
+    model.attns = nn.ModuleList([LayerAttn(i) for i in range(4)])
+    a = fxparam.inspect(model, example_inputs=(IDS,))
+    got = {s.module: s.scale for s in a.attention}
+    # layers 0 and 1 are captured (their constants are read); capture shortens the list to two blocks,
+    # so the constants of layers 2 and 3 are not seen: unknown, never copied from layer 1
+    assert got["attns.0"] == pytest.approx(0.25) and got["attns.1"] == pytest.approx(0.125)
+    assert got["attns.2"] is None and got["attns.3"] is None
+    with pytest.warns(UserWarning, match=r"'attns\.2'"):
+        fxparam.plan(model, MuP(base_width=D), example_inputs=(IDS,))
