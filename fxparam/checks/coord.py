@@ -394,6 +394,11 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
             f"lm_loss: logits of shape {tuple(logits.shape)} do not match targets {tuple(y.shape)}; "
             "pass loss_fn=... to coord_check for this model"
         )
+    if y.numel() and int(y.max()) >= logits.shape[-1]:
+        raise ConfigError(
+            f"lm_loss: token id {int(y.max())} is outside the model's vocabulary of {logits.shape[-1]}; "
+            "build the model with a vocabulary that covers the data (--vocab, or --tokenizer for text)"
+        )
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
 
@@ -406,7 +411,7 @@ def coord_check(
     steps: int = 3,
     lr: float = 1e-2,
     seeds: Iterable[int] = (0, 1, 2),
-    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    data: Any = None,
     batch_size: int = 8,
     seq_len: int = 32,
     optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -414,6 +419,8 @@ def coord_check(
     progress: Callable[[], None] | None = None,
     plan_optimizer: bool = True,
     edit_plan: Callable[[Any], Any] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     **config_kwargs: Any,
 ) -> CoordCheck:
     """Train each (width, depth, seed) a few steps on one batch and record activation scales.
@@ -425,7 +432,11 @@ def coord_check(
             object, or None for the model untouched). Keyword arguments fill its fields;
             ``base_width`` defaults to the smallest width and ``base_depth`` to the smallest depth.
         steps: optimizer steps; records are taken at step 0 (init) .. steps.
-        data: a fixed ``(inputs, targets)`` batch; default: Python docs text, bytes.
+        data: the fixed batch: ``(inputs, targets)``, a ``[B, T+1]`` token tensor, a dict with
+            ``input_ids``, or a DataLoader / iterable of these (its first batch is used; see
+            :func:`fxparam.checks.data.as_batch`); default: Python docs text, bytes.
+        device, dtype: where and in which precision the models train (default: as built);
+            activations are measured in float32 either way.
         plan_optimizer: build the optimizer with the plan's LR groups (False reproduces the
             classic "one LR for everything" bug: a negative control).
         edit_plan: optional ``Plan -> Plan`` applied before lowering ("what if" checks and
@@ -447,6 +458,9 @@ def coord_check(
         from fxparam.checks.data import ByteCorpus
 
         data = ByteCorpus().batch(batch_size, seq_len, seed=1234)
+    from fxparam.checks.data import as_batch
+
+    data = as_batch(data)
     cfg_name = config if isinstance(config, str) or config is None else type(config).__name__
     kwargs = dict(config_kwargs)
     if isinstance(config, str):
@@ -466,7 +480,7 @@ def coord_check(
             cache: dict[str, Any] = {}  # analysis and plan are the same for every seed
             for seed in seeds:
                 records += _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn,
-                                    plan_optimizer, cache, edit_plan)
+                                    plan_optimizer, cache, edit_plan, device=device, dtype=dtype)
                 if progress is not None:
                     progress()
     return CoordCheck(config=str(cfg_name), widths=widths, depths=[d for d in depth_list if d is not None],
@@ -487,7 +501,7 @@ def _inspect(model: nn.Module, data: Any) -> fxparam.Analysis:
 
 
 def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn, plan_optimizer,
-             cache, edit_plan=None) -> list[Record]:
+             cache, edit_plan=None, *, device=None, dtype=None) -> list[Record]:
     from fxparam.passes import build_plan
 
     torch.manual_seed(seed)
@@ -501,6 +515,9 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     analysis = cache["analysis"]
     if cfg is not None:
         fxparam.apply_plan(model, cache["plan"].model_copy(deep=True), init=True)
+    if device is not None or dtype is not None:  # after the (CPU, seeded) init: same weights on any device
+        model.to(device=device, dtype=dtype)
+        data = tuple(t.to(device) for t in data)
     if cfg is not None and plan_optimizer:
         opt = fxparam.optimizer(model, optimizer, lr=lr)
     else:

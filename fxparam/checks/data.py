@@ -1,12 +1,29 @@
-"""Real text with no download: Python's own documentation, tokenised as bytes.
+"""Data for coordinate checks and transfer runs: the built-in text, or the user's own.
 
-``pydoc_data.topics`` ships with CPython (about 0.5 MB of English reference prose), so
-coordinate checks and transfer runs train on real language on any fresh machine.
+Default: real text with no download -- Python's own documentation (``pydoc_data.topics`` ships
+with CPython, about 0.5 MB of English reference prose), tokenised as bytes (vocabulary 256).
+
+The user's own data (``--data PATH``), read by :func:`load_tokens`:
+
+- a text file: bytes, or token ids from a local tokenizer (``--tokenizer``: a folder saved
+  by ``transformers`` ``save_pretrained`` or a ``tokenizer.json`` file; nothing is downloaded);
+- a token-id file: ``.npy`` (a 1-D integer array) or ``.bin`` (raw ``uint16`` ids, the
+  nanoGPT convention);
+- a folder saved by ``datasets.Dataset.save_to_disk`` (needs ``datasets``): an ``input_ids``
+  column, or a ``text`` column (tokenised as above).
+
+In memory, :func:`as_batch` and :class:`FixedBatches` take a ``(inputs, targets)`` pair, a
+``[B, T+1]`` token tensor, a dict with ``input_ids``, or any iterable of those (a
+``torch.utils.data.DataLoader``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,9 +31,15 @@ from fxparam.errors import ConfigError
 
 VOCAB = 256  # byte-level
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 def load_text(path: str | Path | None = None) -> str:
-    """The text of ``path``, or the Python documentation topics when None."""
+    """The text of ``path``, or the Python documentation topics when None.
+
+    Raises:
+        ConfigError: no such file, or fewer than 1024 characters.
+    """
     if path is None:
         from pydoc_data.topics import topics
 
@@ -30,23 +53,255 @@ def load_text(path: str | Path | None = None) -> str:
     return text
 
 
-class ByteCorpus:
-    """Byte tokens with a held-out tail (the last ``eval_fraction`` of the text)."""
+def load_tokenizer(spec: str | Path) -> Any:
+    """A local tokenizer: a ``transformers`` folder or a ``tokenizer.json`` file (no download).
 
-    def __init__(self, text: str | None = None, *, path: str | Path | None = None, eval_fraction: float = 0.1) -> None:
-        text = load_text(path) if text is None else text
-        data = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+    Returns:
+        An object with ``encode(text) -> list[int]`` and ``vocab_size`` (an ``int``).
+
+    Raises:
+        ConfigError: the path does not exist or holds no tokenizer.
+    """
+    p = Path(spec)
+    if not p.exists():
+        raise ConfigError(f"--tokenizer {spec}: no such file or folder (tokenizers are read locally, never downloaded)")
+    if p.is_file():
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:  # pragma: no cover - comes with transformers
+            raise ConfigError("reading a tokenizer.json needs the 'tokenizers' package: pip install tokenizers") from exc
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as exc:
+            raise ConfigError(f"--tokenizer {spec}: not a tokenizer.json ({exc})") from exc
+        return _TokenizerFile(tok)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise ConfigError("a tokenizer folder needs transformers: pip install 'fxparam[hf]'") from exc
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except Exception as exc:
+        raise ConfigError(f"--tokenizer {spec}: no tokenizer could be loaded from this folder ({exc})") from exc
+
+
+class _TokenizerFile:
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+        self.vocab_size = int(tok.get_vocab_size())
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text).ids)
+
+
+def tokenizer_vocab(tokenizer: Any) -> int:
+    """Size of a tokenizer's id space (``len(tokenizer)`` counts added tokens)."""
+    try:
+        return int(len(tokenizer))
+    except TypeError:
+        return int(tokenizer.vocab_size)
+
+
+def _encode(text: str, tokenizer: Any) -> torch.Tensor:
+    if tokenizer is None:
+        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+    ids = tokenizer.encode(text)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def load_tokens(path: str | Path | None = None, *, tokenizer: Any = None) -> torch.Tensor:
+    """Token ids (1-D ``int64``) of a data path (see the module docstring), or the built-in text.
+
+    Args:
+        path: text file, ``.npy`` / ``.bin`` token file, or a ``datasets`` folder; None: Python docs.
+        tokenizer: for text: a tokenizer object or a local path (:func:`load_tokenizer`);
+            None reads bytes.
+
+    Raises:
+        ConfigError: missing path, an unreadable file, too few tokens (< 1024), or a
+            ``datasets`` folder without ``datasets`` installed.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    if path is None:
+        tokens = _encode(load_text(None), tokenizer)
+    else:
+        p = Path(path)
+        if p.is_dir():
+            tokens = _load_dataset_dir(p, tokenizer)
+        elif not p.is_file():
+            raise ConfigError(f"--data {path}: no such file or folder")
+        elif p.suffix == ".npy":
+            import numpy as np
+
+            arr = np.load(p, mmap_mode="r")
+            if arr.ndim != 1 or arr.dtype.kind not in "iu":
+                raise ConfigError(f"--data {path}: a .npy token file holds a 1-D integer array, got {arr.dtype} {arr.shape}")
+            tokens = torch.from_numpy(np.asarray(arr, dtype=np.int64))
+        elif p.suffix == ".bin":
+            import numpy as np
+
+            tokens = torch.from_numpy(np.fromfile(p, dtype=np.uint16).astype(np.int64))
+        else:
+            tokens = _encode(load_text(p), tokenizer)
+    if tokens.numel() < 1024:
+        raise ConfigError(f"--data {path}: only {tokens.numel()} tokens; need at least 1024")
+    if int(tokens.min()) < 0:
+        raise ConfigError(f"--data {path}: negative token ids")
+    return tokens
+
+
+def _load_dataset_dir(p: Path, tokenizer: Any) -> torch.Tensor:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ConfigError(
+            f"--data {p}: a folder is read as a Hugging Face dataset saved with save_to_disk, which needs "
+            "'datasets' (pip install datasets); or give a text, .npy or .bin file"
+        ) from exc
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as exc:
+        raise ConfigError(f"--data {p}: not a dataset saved with save_to_disk ({exc})") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if "input_ids" in ds.column_names:
+        return torch.tensor(list(itertools.chain.from_iterable(ds["input_ids"])), dtype=torch.long)
+    if "text" in ds.column_names:
+        return _encode("\n\n".join(ds["text"]), tokenizer)
+    raise ConfigError(f"--data {p}: the dataset has no 'input_ids' or 'text' column (columns: {ds.column_names})")
+
+
+class TokenCorpus:
+    """Token ids with a held-out tail (the last ``eval_fraction``); random windows as batches.
+
+    Args:
+        tokens: 1-D token ids.
+        eval_fraction: share of the tokens held out for evaluation.
+    """
+
+    def __init__(self, tokens: torch.Tensor, *, eval_fraction: float = 0.1) -> None:
+        data = tokens.long().flatten()
         split = int(len(data) * (1 - eval_fraction))
         self.train, self.eval = data[:split], data[split:]
+        self.vocab = int(data.max()) + 1 if data.numel() else 0
+
+    def digest(self) -> str:
+        """SHA-256 prefix of the token ids (so resumed results match the data)."""
+        h = hashlib.sha256(self.train.numpy().tobytes())
+        h.update(self.eval.numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def batch(self, batch_size: int, seq_len: int, *, split: str = "train", seed: int = 0,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, targets)`` of shape ``[batch_size, seq_len]`` (targets shifted by one)."""
+              generator: torch.Generator | None = None) -> Batch:
+        """``(inputs, targets)`` of shape ``[batch_size, seq_len]`` (targets shifted by one).
+
+        Raises:
+            ConfigError: the split is shorter than ``seq_len + 2`` tokens.
+        """
         data = self.train if split == "train" else self.eval
         if len(data) <= seq_len + 1:
-            raise ConfigError(f"text too short for seq_len={seq_len}")
+            raise ConfigError(f"{split} data ({len(data)} tokens) too short for seq_len={seq_len}")
         g = generator or torch.Generator().manual_seed(seed)
         starts = torch.randint(0, len(data) - seq_len - 1, (batch_size,), generator=g)
         x = torch.stack([data[s : s + seq_len] for s in starts.tolist()])
         y = torch.stack([data[s + 1 : s + 1 + seq_len] for s in starts.tolist()])
         return x, y
+
+
+class ByteCorpus(TokenCorpus):
+    """Byte tokens of a text (default: Python's documentation) with a held-out tail."""
+
+    def __init__(self, text: str | None = None, *, path: str | Path | None = None, eval_fraction: float = 0.1) -> None:
+        text = load_text(path) if text is None else text
+        super().__init__(_encode(text, None), eval_fraction=eval_fraction)
+
+
+def as_batch(data: Any) -> Batch:
+    """One ``(inputs, targets)`` batch from what a user may pass.
+
+    Accepts a pair of ``[B, T]`` tensors, a ``[B, T+1]`` token tensor (split into inputs and
+    next-token targets), a dict with ``input_ids`` (and optionally ``labels``, already aligned
+    with the inputs), or an iterable of any of these (a DataLoader: its first batch).
+
+    Raises:
+        ConfigError: anything else, naming what was given.
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return data[0], data[1]
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 2 or data.shape[1] < 2:
+            raise ConfigError(f"a token tensor batch must be [batch, seq_len + 1], got {tuple(data.shape)}")
+        return data[:, :-1], data[:, 1:]
+    if isinstance(data, dict):
+        if "input_ids" not in data:
+            raise ConfigError(f"a dict batch needs 'input_ids' (got keys {sorted(data)})")
+        ids = data["input_ids"]
+        if "labels" in data:
+            return ids, data["labels"]
+        return as_batch(torch.as_tensor(ids))
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        for first in data:
+            return as_batch(first)
+        raise ConfigError("the data iterable is empty")
+    raise ConfigError(
+        f"cannot use {type(data).__name__} as data: give (inputs, targets), a [B, T+1] token tensor, a dict "
+        "with input_ids, or an iterable (DataLoader) of these"
+    )
+
+
+class FixedBatches:
+    """A fixed list of training and held-out batches (from a DataLoader or any iterable).
+
+    Every run of a sweep sees the same batches in the same order (cycled when a run takes
+    more steps than there are batches); picklable, so worker processes get a copy.
+
+    Args:
+        train: training batches (anything :func:`as_batch` accepts).
+        eval: held-out batches; default: none (then the last ``eval_count`` of ``train`` are held out).
+        eval_count: how many batches to hold out when ``eval`` is not given.
+    """
+
+    def __init__(self, train: Iterable[Any], eval: Iterable[Any] | None = None, *, eval_count: int = 0) -> None:
+        batches = [as_batch(b) for b in train]
+        if eval is not None:
+            self.train, self.held_out = batches, [as_batch(b) for b in eval]
+        else:
+            if eval_count >= len(batches):
+                raise ConfigError(
+                    f"data: {len(batches)} batch(es) cannot hold out {eval_count} for evaluation; "
+                    "pass more batches or eval_data="
+                )
+            self.train, self.held_out = batches[: len(batches) - eval_count], batches[len(batches) - eval_count :]
+        if not self.train:
+            raise ConfigError("data: no training batch")
+        self.vocab = max(int(torch.cat([x.flatten(), y.flatten()]).max()) for x, y in self.train + self.held_out) + 1
+
+    def digest(self) -> str:
+        """SHA-256 prefix of every batch."""
+        h = hashlib.sha256()
+        for x, y in self.train + self.held_out:
+            h.update(x.cpu().numpy().tobytes())
+            h.update(y.cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def train_batches(self, n: int) -> list[Batch]:
+        return [self.train[i % len(self.train)] for i in range(n)]
+
+    def eval_batches(self, n: int) -> list[Batch]:
+        if not self.held_out:
+            raise ConfigError("data: no held-out batch to evaluate on; pass eval_data=")
+        return [self.held_out[i % len(self.held_out)] for i in range(n)]
+
+
+__all__ = [
+    "VOCAB",
+    "ByteCorpus",
+    "FixedBatches",
+    "TokenCorpus",
+    "as_batch",
+    "load_text",
+    "load_tokenizer",
+    "load_tokens",
+    "tokenizer_vocab",
+]

@@ -86,8 +86,11 @@ class TransferSettings(BaseModel):
         betas: AdamW betas.
         seeds: model-init and data-order seeds; each point is averaged over them.
         eval_batches: held-out batches (of ``batch_size``) for the final evaluation.
-        data: text file trained on (None: Python documentation topics).
-        data_digest: SHA-256 prefix of the text (so resumed results match the data).
+        data: data path trained on (None: Python documentation topics, or in-memory batches).
+        data_digest: SHA-256 prefix of the token ids (so resumed results match the data).
+        tokenizer: local tokenizer for a text ``data`` (None: bytes).
+        device: torch device the runs train on.
+        dtype: parameter dtype (``float32``, ``bfloat16``, ``float16``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -112,6 +115,9 @@ class TransferSettings(BaseModel):
     eval_batches: int = Field(gt=0)
     data: str | None = None
     data_digest: str = ""
+    tokenizer: str | None = None
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @property
     def tokens(self) -> int:
@@ -121,6 +127,9 @@ class TransferSettings(BaseModel):
     def run_key(self) -> str:
         """Digest of what a single run's result depends on, apart from (param, size, lr, seed)."""
         fields = self.model_dump(exclude={"sizes", "params", "lrs", "seeds", "data"})
+        for key, default in (("tokenizer", None), ("device", "cpu"), ("dtype", "float32")):
+            if fields[key] == default:  # keys of runs recorded before these fields existed stay valid
+                del fields[key]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def width_depth(self, size: int) -> tuple[int, int]:
@@ -421,19 +430,31 @@ def _parabola_vertex(pts: list[tuple[float, float]]) -> float | None:
 
 # ---------------------------------------------------------------------- one run
 
-_CORPORA: dict[str | None, Any] = {}
+_CORPORA: dict[tuple[str | None, str | None], Any] = {}
 
 
-def _corpus(path: str | None) -> Any:
-    from fxparam.checks.data import ByteCorpus
+def _corpus(path: str | None, tokenizer: str | None = None) -> Any:
+    """The token corpus of a data path (cached per process)."""
+    from fxparam.checks.data import TokenCorpus, load_tokens
 
-    if path not in _CORPORA:
-        _CORPORA[path] = ByteCorpus(path=path)
-    return _CORPORA[path]
+    if (path, tokenizer) not in _CORPORA:
+        _CORPORA[(path, tokenizer)] = TokenCorpus(load_tokens(path, tokenizer=tokenizer))
+    return _CORPORA[(path, tokenizer)]
 
 
-def train_point(settings: TransferSettings, param: str, size: int, lr: float, seed: int) -> TransferPoint:
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def train_point(
+    settings: TransferSettings, param: str, size: int, lr: float, seed: int, source: Any = None
+) -> TransferPoint:
     """Train and evaluate one run of a sweep (what each worker does).
+
+    Args:
+        settings: the sweep.
+        param, size, lr, seed: which run.
+        source: in-memory batches (:class:`fxparam.checks.data.FixedBatches`); None reads
+            ``settings.data``.
 
     Example:
         >>> s = TransferSettings(sizes=[64], fixed=2, params=["mup"], lrs=[1e-3], base_width=64, base_depth=2,
@@ -444,34 +465,45 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
     """
     import fxparam
     from fxparam.checks.coord import lm_loss
-    from fxparam.recipes.schedules import d2z
     from fxparam.checks.targets import resolve
+    from fxparam.recipes.schedules import d2z
 
     start, cpu_start = time.perf_counter(), time.process_time()
     width, depth = settings.width_depth(size)
-    options = dict(settings.model_options) if settings.model == "gpt" else {}
+    options = dict(settings.model_options)
     if settings.model == "gpt":
         options.setdefault("seq_len", settings.seq_len)
     make = resolve(settings.model, **options)
-    corpus = _corpus(settings.data)
+    corpus = source if source is not None else _corpus(settings.data, settings.tokenizer)
     torch.manual_seed(seed)
     model = make(width=width, depth=depth)
     base: dict[str, Any] = _base_kwargs(param, settings.base_width, settings.base_depth)
     fxparam.transform(model, param, **base)
+    device, dtype = torch.device(settings.device), _DTYPES[settings.dtype]
+    if device.type != "cpu" or dtype != torch.float32:
+        model.to(device=device, dtype=dtype)
     model.train()
     opt = fxparam.optimizer(
         model, torch.optim.AdamW, lr=lr, weight_decay=settings.weight_decay, betas=settings.betas
     )
     sched = d2z(opt, total_steps=settings.steps, warmup_steps=settings.warmup_steps)
-    gen = torch.Generator().manual_seed(10_000 + seed)  # same batches for every size, LR and param
+    if source is not None:
+        train_batches = iter(source.train_batches(settings.steps))
+    else:
+        gen = torch.Generator().manual_seed(10_000 + seed)  # same batches for every size, LR and param
+        train_batches = (
+            corpus.batch(settings.batch_size, settings.seq_len, generator=gen) for _ in range(settings.steps)
+        )
+    # a loss three times that of a uniform guess over the vocabulary is a divergence
+    limit = 3 * math.log(max(256, getattr(corpus, "vocab", 256)))
     tail = max(1, settings.steps // 10)
     recent: list[float] = []
     diverged = False
     for step in range(settings.steps):
-        batch = corpus.batch(settings.batch_size, settings.seq_len, generator=gen)
+        batch = tuple(t.to(device) for t in next(train_batches))
         loss = lm_loss(model, batch)
         value = loss.item()
-        if not math.isfinite(value) or value > 3 * math.log(256):
+        if not math.isfinite(value) or value > limit:
             diverged = True
             break
         if step >= settings.steps - tail:
@@ -483,17 +515,19 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
     eval_loss = float("nan")
     if not diverged:
         model.eval()
-        egen = torch.Generator().manual_seed(777)
+        if source is not None:
+            held_out = source.eval_batches(settings.eval_batches)
+        else:
+            egen = torch.Generator().manual_seed(777)
+            held_out = [
+                corpus.batch(settings.batch_size, settings.seq_len, split="eval", generator=egen)
+                for _ in range(settings.eval_batches)
+            ]
         total = 0.0
         with torch.no_grad():
-            for _ in range(settings.eval_batches):
-                total += float(
-                    lm_loss(
-                        model,
-                        corpus.batch(settings.batch_size, settings.seq_len, split="eval", generator=egen),
-                    )
-                )
-        eval_loss = total / settings.eval_batches
+            for b in held_out:
+                total += float(lm_loss(model, tuple(t.to(device) for t in b)))
+        eval_loss = total / len(held_out)
         if not math.isfinite(eval_loss):
             diverged, eval_loss = True, float("nan")
     return TransferPoint(
@@ -512,7 +546,7 @@ def train_point(settings: TransferSettings, param: str, size: int, lr: float, se
     )
 
 
-def _train_task(task: tuple[TransferSettings, str, int, float, int]) -> TransferPoint:
+def _train_task(task: tuple[Any, ...]) -> TransferPoint:
     return train_point(*task)
 
 
@@ -584,10 +618,13 @@ def default_jobs() -> int:
 # ---------------------------------------------------------------------- the sweep
 
 
-def _digest(path: str | None) -> str:
-    from fxparam.checks.data import load_text
+def _digest(path: str | None, tokenizer: str | None = None) -> str:
+    if tokenizer is None and (path is None or Path(path).is_file() and Path(path).suffix not in (".npy", ".bin")):
+        from fxparam.checks.data import load_text
 
-    return hashlib.sha256(load_text(path).encode("utf-8")).hexdigest()[:16]
+        # text read as bytes: the digest of the text itself (as recorded by earlier versions)
+        return hashlib.sha256(load_text(path).encode("utf-8")).hexdigest()[:16]
+    return _corpus(path, tokenizer).digest()
 
 
 def load_points(path: str | os.PathLike[str]) -> list[TransferPoint]:
@@ -625,7 +662,11 @@ def transfer(
     eval_batches: int = 16,
     base_width: int | None = None,
     base_depth: int | None = None,
-    data: str | os.PathLike[str] | None = None,
+    data: Any = None,
+    eval_data: Any = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
     results: str | os.PathLike[str] | None = None,
     jobs: int = 1,
     threads: int = 1,
@@ -651,7 +692,16 @@ def transfer(
             width, ``fixed`` when varying depth).
         base_depth: depth of the base model (default: the smallest depth when varying
             depth, ``fixed`` when varying width).
-        data: a text file to train on (default: Python's documentation, no download).
+        data: a data path (text, ``.npy`` / ``.bin`` token ids, a ``datasets`` folder; see
+            :mod:`fxparam.checks.data`), or a DataLoader / iterable of batches (materialised
+            once: every run sees the same batches; ``batch_size`` and ``seq_len`` come from
+            them). Default: Python's documentation as bytes, no download.
+        eval_data: held-out batches for in-memory ``data`` (default: its last
+            ``eval_batches`` batches are held out).
+        tokenizer: a local tokenizer (folder or ``tokenizer.json``) for text ``data``; the
+            built-in GPT and ``hf:`` models get its vocabulary size unless ``vocab`` is set.
+        device: torch device to train on (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` parameters.
         results: JSON-lines file runs are appended to as they finish; runs already in it
             with the same settings are not trained again.
         jobs: worker processes (each trains one run at a time).
@@ -695,10 +745,30 @@ def transfer(
     warmup = max(0, steps // 10) if warmup_steps is None else warmup_steps
     if warmup >= steps:
         raise ConfigError(f"transfer: warmup_steps={warmup} must be smaller than steps={steps}")
-    data_path = os.fspath(data) if data is not None else None
+    check_device(device, dtype)
+    source = None
+    tok = os.fspath(tokenizer) if tokenizer is not None else None
+    if data is None or isinstance(data, (str, os.PathLike)):
+        data_path = os.fspath(data) if data is not None else None
+        digest = _digest(data_path, tok)
+        vocab = _corpus(data_path, tok).vocab if (tok is not None or data_path is not None) else None
+        if tok is not None:
+            from fxparam.checks.data import load_tokenizer, tokenizer_vocab
+
+            vocab = max(vocab or 0, tokenizer_vocab(load_tokenizer(tok)))
+    else:
+        from fxparam.checks.data import FixedBatches
+
+        data_path = None
+        source = FixedBatches(data, eval_data, eval_count=0 if eval_data is not None else eval_batches)
+        digest, vocab = source.digest(), source.vocab
+        batch_size, seq_len = (int(n) for n in source.train[0][0].shape[:2])
+    options = dict(GPT_OPTIONS if model_options is None and model == "gpt" else model_options or {})
+    if vocab is not None and vocab > 256 and "vocab" not in options and (model == "gpt" or model.startswith("hf:")):
+        options["vocab"] = vocab  # the data's ids need that many embedding rows and logits
     settings = TransferSettings(
         model=model,
-        model_options=dict(GPT_OPTIONS if model_options is None else model_options),
+        model_options=options,
         vary=vary,
         sizes=sizes,
         fixed=fixed,
@@ -714,7 +784,10 @@ def transfer(
         seeds=seeds,
         eval_batches=eval_batches,
         data=data_path,
-        data_digest=_digest(data_path),
+        data_digest=digest,
+        tokenizer=tok,
+        device=str(device),
+        dtype=dtype,  # type: ignore[arg-type]
     )
     key = settings.run_key()
     wanted = {(p, s, lr, seed) for p in params for s in sizes for lr in lrs for seed in seeds}
@@ -729,7 +802,7 @@ def transfer(
     if progress is not None:
         for pt in done.values():
             progress(pt)
-    todo = [(settings, p, s, lr, seed) for (p, s, lr, seed) in wanted if (p, s, lr, seed) not in done]
+    todo = [(settings, p, s, lr, seed, source) for (p, s, lr, seed) in wanted if (p, s, lr, seed) not in done]
     # biggest runs first, so the pool does not end waiting on one large model
     todo.sort(key=lambda t: (-_cost(settings, t[2]), t[1], t[3], t[4]))
     start = time.perf_counter()
@@ -757,6 +830,26 @@ def transfer(
         cpu_seconds=cpu,
         resumed=resumed,
     )
+
+
+def check_device(device: str, dtype: str) -> None:
+    """Refuse a device torch cannot use here, or an unknown dtype, before any training.
+
+    Raises:
+        ConfigError: naming the device or dtype and what is available.
+    """
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available here (torch {torch.__version__})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available here")
 
 
 def _base_kwargs(param: str, base_width: int, base_depth: int) -> dict[str, int]:

@@ -20,6 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fxparam.cli._common import (  # noqa: F401  (int_list ... set_help: re-exported, their old home)
+    add_run_options,
+    checked,
+    data_vocab,
+    default_jobs,
+    int_list,
+    param_list,
+    positive_float,
+    positive_int,
+    progress_bar,
+    set_help,
+)
 from fxparam.cli._gpt_options import add_model_options, gpt_options
 from fxparam.errors import ConfigError, FxparamError
 
@@ -36,6 +48,8 @@ examples:
   fxparam coord-check --widths 64,128,256 --depths 2,4,8 --seeds 1 --out /tmp/cc
   fxparam coord-check --model mypkg.models:make --param completep     # CI gate on your model
   fxparam coord-check --model hf:llama --param mup --depths none
+  fxparam coord-check --model mymodel:make --data corpus.txt --widths 64,128,256 --depths none
+  fxparam coord-check --model hf:llama --data corpus.txt --tokenizer ./tok --device cuda --dtype bfloat16
 
 What is judged: the slope of log2(activation RMS) vs log2(width) for every activation site
 (embedding output, each residual branch, attention logits, output logits, final residual
@@ -44,8 +58,11 @@ and vs log2(depth) for the final residual stream after step >= 2 (DEPTH_BANDS). 
 CompleteP must be width-invariant, CompleteP also depth-invariant.  SP (and muP over depth)
 are negative controls: they must grow, or the check could not detect a broken model.
 
-A model factory named by 'module.path:factory' is called as factory(width=..., depth=...)
-and must map byte tokens [batch, seq] (values 0-255) to logits [batch, seq, vocab].
+A model factory named by 'module.path:factory' (or 'file.py:factory'; the current directory is
+importable) is called as factory(width=..., depth=...) plus any model option given (--vocab,
+--heads, ...) and must map token ids [batch, seq] to logits [batch, seq, vocab].
+Your data: --data PATH (text, .npy/.bin token ids, a datasets folder), --tokenizer PATH for
+text when the model is not byte-level; --device cuda --dtype bfloat16 to train on an accelerator.
 
 Exit status: 0 all invariant where expected; 1 some parameterization that should be
 invariant is not; 2 bad options or a model that could not be built or trained.
@@ -53,93 +70,6 @@ invariant is not; 2 bad options or a model that could not be built or trained.
 
 
 # ---------------------------------------------------------------------- option parsing
-
-
-def int_list(text: str) -> list[int]:
-    """Parse ``"64,128,256"`` (``"none"`` -> []) for argparse, with a one-line error."""
-    if text.strip().lower() in ("none", ""):
-        return []
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} is not an integer (use e.g. 64,128,256)") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{value} is not positive")
-        out.append(value)
-    if len(set(out)) != len(out):
-        raise argparse.ArgumentTypeError(f"repeated value in {text!r}")
-    return sorted(out)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
-def param_list(text: str) -> list[str]:
-    """Parse ``"sp,mup,completep"``; names are checked against fxparam's configs."""
-    from fxparam.configs import _SHORTCUTS
-
-    names = [p.strip().lower() for p in text.split(",") if p.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("no parameterization given (use e.g. sp,mup,completep)")
-    for name in names:
-        for part in name.split("+"):
-            if part not in _SHORTCUTS:
-                raise argparse.ArgumentTypeError(
-                    f"unknown parameterization {part!r}; choose from {', '.join(sorted(_SHORTCUTS))} (join with '+')"
-                )
-    return list(dict.fromkeys(names))
-
-
-def set_help(p: argparse.ArgumentParser, option: str, text: str) -> None:
-    """Replace the help of a shared option with this sub-command's default."""
-    p._option_string_actions[option].help = text
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options shared with ``fxparam transfer``: data, output, seed, progress and parallelism."""
-    p.add_argument(
-        "--data",
-        metavar="PATH",
-        default=None,
-        help="train on this text file (default: Python's documentation, shipped with Python)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument(
-        "--jobs", type=positive_int, default=None, help="worker processes (default: one per CPU core)"
-    )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        help="torch threads per worker (default 1: small models run fastest as parallel processes)",
-    )
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        help="no progress bar (it is also off when stderr is not a terminal)",
-    )
-    p.add_argument("--traceback", action="store_true", help="show the full traceback when a model fails")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -193,7 +123,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--base-depth", type=positive_int, default=None, help="CompleteP base depth (default: smallest depth)"
     )
     p.add_argument("--steps", type=int, default=3, help="Adam steps on the fixed batch (default 3)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="seeds averaged per point (default 3)")
+    p.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="adam",
+        help="optimizer of the steps (default adam; muon: Muon on hidden matrices + AdamW, docs/muon.md)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=3,
+        help="seeds averaged per point (default 3, as the bands were calibrated; fewer widen the bands "
+        "by this run's own seed noise, see the note in the summary)",
+    )
     p.add_argument(
         "--lr",
         type=positive_float,
@@ -224,14 +166,24 @@ def factory_takes_depth(spec: str) -> bool:
     """Whether the model named by ``spec`` can be built at several depths."""
     if model_kind(spec) != "user":
         return True
-    from fxparam.checks.targets import _user_factory
+    from fxparam.checks.targets import user_factory_callable
 
-    _user_factory(spec)  # import errors become ConfigError here
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    params = _inspect.signature(getattr(importlib.import_module(module_name), attr)).parameters
+    params = _inspect.signature(user_factory_callable(spec)).parameters  # import errors: ConfigError
     return "depth" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+#: ``--optimizer`` choices: names of torch.optim classes (fxparam.optimizer applies each one's rules).
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "muon": "Muon"}
+
+
+def optimizer_class(name: str) -> type:
+    """The torch optimizer class for an ``--optimizer`` name."""
+    import torch
+
+    cls = getattr(torch.optim, OPTIMIZERS[name], None)
+    if cls is None:
+        raise ConfigError(f"--optimizer {name}: torch.optim.{OPTIMIZERS[name]} is not in this torch ({torch.__version__})")
+    return cls
 
 
 def base_kwargs(param: str, base_width: int, base_depth: int) -> dict[str, int]:
@@ -266,10 +218,12 @@ def label(param: str) -> str:
 
 def _coord_task(task: dict[str, Any]) -> list[Any]:
     """One (parameterization, width, depth) point, all seeds: runs in a worker process."""
+    import torch
+
     from fxparam.checks.coord import coord_check
     from fxparam.checks.targets import resolve
 
-    make = _checked(resolve(task["model"], **task["options"]), task["model"])
+    make = checked(resolve(task["model"], **task["options"]), task["model"])
     cc = coord_check(
         make,
         widths=[task["width"]],
@@ -278,49 +232,32 @@ def _coord_task(task: dict[str, Any]) -> list[Any]:
         steps=task["steps"],
         lr=task["lr"],
         seeds=task["seeds"],
+        optimizer=optimizer_class(task.get("optimizer", "adam")),
         data=task["data"],
+        device=task["device"],
+        dtype=getattr(torch, task["dtype"]),
         **task["kwargs"],
     )
     return cc.records
 
 
-def _checked(make: Any, spec: str) -> Any:
-    def build(**kwargs: Any) -> Any:
-        try:
-            return make(**kwargs)
-        except FxparamError:
-            raise
-        except Exception as exc:  # the user's own code: one line, not a traceback
-            where = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-            raise ConfigError(f"building {spec}({where}) failed: {type(exc).__name__}: {exc}") from exc
-
-    return build
-
-
-def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="run",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=not (enabled and sys.stderr.isatty()),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the coordinate checks, print the summary, write the outputs; exit status."""
     from fxparam.checks.coord import CONTROL_THRESHOLD, DEPTH_BANDS, WIDTH_BANDS, Axis, CoordCheck, Record
-    from fxparam.checks.data import ByteCorpus
-    from fxparam.checks.transfer import default_jobs, parallel_map
+    from fxparam.checks.data import TokenCorpus, load_tokens
+    from fxparam.checks.transfer import check_device, parallel_map
 
     start = time.perf_counter()
+    check_device(args.device, args.dtype)
     kind = model_kind(args.model)
-    options = {**GPT_DEFAULTS, **gpt_options(args)} if kind == "gpt" else {}
+    # model options reach every kind of model (or are refused by it): never dropped
+    options = {**GPT_DEFAULTS, **gpt_options(args)} if kind == "gpt" else gpt_options(args)
     seq_len = options.get("seq_len", args.seq_len or 32)
-    make = _checked(_resolve(args.model, options), args.model)  # bad names fail here, before any training
+    tokens = load_tokens(args.data, tokenizer=args.tokenizer)
+    vocab = data_vocab(args, tokens)
+    if vocab is not None and "vocab" not in options and kind != "user":
+        options["vocab"] = vocab  # token ids beyond bytes: the built-in GPT / hf model is built to cover them
+    make = checked(_resolve(args.model, options), args.model)  # bad names fail here, before any training
     widths = args.widths if args.widths is not None else DEFAULT_WIDTHS[kind]
     if not widths:
         raise ConfigError("--widths: give at least one width")
@@ -346,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         base_depth = fxparam.inspect(make(width=widths[0])).depth
     depth_width = args.depth_width or (widths[1] if len(widths) > 1 else widths[0])
     seeds = list(range(args.seed, args.seed + args.seeds))
-    data = ByteCorpus(path=args.data).batch(BATCH_SIZE, seq_len, seed=1234 + args.seed)
+    data = TokenCorpus(tokens).batch(BATCH_SIZE, seq_len, seed=1234 + args.seed)
     from fxparam.configs import resolve_config
 
     for p in args.param:  # bad config fields fail before any training
@@ -370,20 +307,23 @@ def run(args: argparse.Namespace) -> int:
             "depth": d,
             "steps": args.steps,
             "lr": args.lr,
+            "optimizer": args.optimizer,
             "seeds": seeds,
             "data": data,
+            "device": args.device,
+            "dtype": args.dtype,
             "kwargs": base_kwargs(p, base_width, base_depth or 1),
         }
         for p, w, d in sorted(points, key=lambda t: -(t[1] ** 2) * (t[2] or 2))
     ]
     records: dict[str, list[Record]] = {p: [] for p in args.param}
-    jobs = args.jobs or default_jobs()
+    jobs = default_jobs(args)
     print(
         f"coord-check: {args.model}, {len(args.param)} parameterization(s) x {len(tasks) // len(args.param)} "
         f"model sizes x {len(seeds)} seed(s), {args.steps} Adam steps (lr {args.lr:g}) on {jobs} process(es)",
         file=sys.stderr,
     )
-    bar = _progress_bar(len(tasks), "coord-check", args.progress)
+    bar = progress_bar(len(tasks), "coord-check", args.progress)
 
     def collect(task: dict[str, Any], result: list[Record]) -> None:
         records[task["param"]].extend(result)
@@ -464,9 +404,13 @@ def run(args: argparse.Namespace) -> int:
             "base_depth": base_depth,
             "steps": args.steps,
             "lr": args.lr,
+            "optimizer": args.optimizer,
             "seeds": seeds,
             "batch": [BATCH_SIZE, seq_len],
             "data": args.data,
+            "tokenizer": args.tokenizer,
+            "device": args.device,
+            "dtype": args.dtype,
             "jobs": jobs,
             "threads": args.threads,
         },
@@ -482,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
     }
     (out / "coord_check.json").write_text(json.dumps(payload, separators=(",", ":")) + "\n", encoding="utf-8")
     written.append(out / "coord_check.json")
+    written += write_csv(checks, out)
     if args.plots:
         from fxparam.checks.coord_plot import plot_coord_checks
 
@@ -502,6 +447,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 RECORD_COLUMNS = ["width", "depth", "seed", "step", "key", "kind", "rms", "delta"]
+
+
+def write_csv(checks: dict[str, dict[Any, Any]], out: Path) -> list[Path]:
+    """``records.csv`` (one row per activation record) and ``slopes.csv`` (one per fitted slope)."""
+    import csv
+
+    paths = [out / "records.csv", out / "slopes.csv"]
+    with paths[0].open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["param", "sweep", *RECORD_COLUMNS])
+        for p, by in checks.items():
+            for axis, cc in by.items():
+                for r in cc.records:
+                    w.writerow([p, axis, r.width, r.depth, r.seed, r.step, r.key, r.kind, f"{r.rms:.6g}", f"{r.delta:.6g}"])
+    with paths[1].open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["param", "sweep", "kind", "key", "step", "stat", "slope"])
+        for p, by in checks.items():
+            for axis, cc in by.items():
+                for s in cc.slopes(axis):
+                    w.writerow([p, axis, s.kind, s.key, s.step, s.stat, f"{s.slope:.6g}"])
+    return paths
 
 
 def _compact(records: list[Any]) -> dict[str, Any]:

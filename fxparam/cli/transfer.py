@@ -17,8 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fxparam.cli._common import (  # noqa: F401  (lr_list: re-exported, its old home)
+    add_run_options,
+    default_jobs,
+    int_list,
+    lr_list,
+    param_list,
+    positive_int,
+    progress_bar,
+    set_help,
+)
 from fxparam.cli._gpt_options import add_model_options, gpt_options
-from fxparam.cli.coord_check import add_run_options, int_list, param_list, positive_int, set_help
 from fxparam.errors import ConfigError, FxparamError
 
 #: Shipped sweeps: (sizes, lr exponents lo..hi, steps) for each (vary, quick).
@@ -45,37 +54,6 @@ LR: the LR of the base model (the smallest width), which muP rescales per parame
 Re-running with the same settings re-uses finished runs from DIR/<vary>.jsonl (--fresh
 starts over; --lrs or --widths that add points train only the new ones).  Exit status: 0 on success, 2 on bad options.
 """
-
-
-def lr_list(text: str) -> list[float]:
-    """Parse ``"2^-12..2^-5"`` (every power of 2 in between) or ``"1e-3,2^-8,0.01"`` for argparse."""
-    text = text.replace(" ", "")
-
-    def one(term: str) -> float:
-        try:
-            value = 2.0 ** int(term[2:]) if term.startswith("2^") else float(term)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{term!r} is not a learning rate (use e.g. 2^-12..2^-5 or 1e-3,3e-3)"
-            ) from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{term!r}: learning rates must be positive")
-        return value
-
-    if ".." in text:
-        lo_text, _, hi_text = text.partition("..")
-        if not (lo_text.startswith("2^") and hi_text.startswith("2^")):
-            raise argparse.ArgumentTypeError(f"{text!r}: a range is written 2^LO..2^HI, e.g. 2^-12..2^-5")
-        lo, hi = one(lo_text), one(hi_text)
-        if lo > hi:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: the range is empty (the first LR must not exceed the second)"
-            )
-        return [2.0**k for k in range(round(math.log2(lo)), round(math.log2(hi)) + 1)]
-    values = sorted({one(t) for t in text.split(",") if t})
-    if not values:
-        raise argparse.ArgumentTypeError("no learning rate given")
-    return values
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -148,12 +126,11 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"give at least two {args.vary}s to compare")
     fixed = args.depth if args.vary == "width" else args.width
     lrs = args.lrs or lr_grid(*preset["lr_range"])
-    if args.model != "gpt" and any(
-        getattr(args, k, None) is not None for k in ("heads", "head_dim", "mlp", "norm")
-    ):
-        raise ConfigError("GPT options (--heads, --head-dim, ...) only apply to --model gpt")
-    options = {**GPT_OPTIONS, **gpt_options(args)}
+    # model options reach every kind of model (hf: config fields, factories: keyword arguments) or are refused
+    options = {**GPT_OPTIONS, **gpt_options(args)} if args.model == "gpt" else gpt_options(args)
     seq_len = options.pop("seq_len", None) or 64
+    if args.model != "gpt" and args.seq_len is not None:
+        options["seq_len"] = seq_len  # also the model's own position table
     return {
         "model": args.model,
         "model_options": options,
@@ -169,14 +146,15 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": list(range(args.seed, args.seed + args.seeds)),
         "eval_batches": args.eval_batches,
         "data": args.data,
+        "tokenizer": args.tokenizer,
+        "device": args.device,
+        "dtype": args.dtype,
     }
 
 
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, print the optimum table, write JSON, CSV and the plot."""
-    from tqdm import tqdm
-
-    from fxparam.checks.transfer import default_jobs, transfer
+    from fxparam.checks.transfer import transfer
 
     if args.weight_decay < 0 or not math.isfinite(args.weight_decay):
         raise ConfigError(f"--weight-decay must be >= 0, got {args.weight_decay}")
@@ -186,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     results = out / f"{args.vary}.jsonl"
     if args.fresh and results.exists():
         results.unlink()
-    jobs = args.jobs or default_jobs()
+    jobs = default_jobs(args)
     n = len(kwargs["params"]) * len(kwargs["sizes"]) * len(kwargs["lrs"]) * len(kwargs["seeds"])
     tokens = kwargs["steps"] * kwargs["batch_size"] * kwargs["seq_len"]
     print(
@@ -194,14 +172,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(kwargs['lrs'])} LRs x {len(kwargs['seeds'])} seed(s)), {tokens:,} tokens each, on {jobs} process(es)",
         file=sys.stderr,
     )
-    bar = tqdm(
-        total=n,
-        desc="transfer",
-        unit="run",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=not (args.progress and sys.stderr.isatty()),
-    )
+    bar = progress_bar(n, "transfer", args.progress)
     start = time.perf_counter()
     try:
         res = transfer(

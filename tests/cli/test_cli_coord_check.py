@@ -75,7 +75,7 @@ def test_mup_passes_and_sp_control_fails_as_expected(tmp_path, capsys):
     assert code == 0, text
     assert "SP (control)" in text and "not invariant, as expected" in text
     assert "PASS" in text
-    assert {p.name for p in out.iterdir()} == {"summary.txt", "coord_check.json", "width.png"}
+    assert {p.name for p in out.iterdir()} == {"summary.txt", "coord_check.json", "records.csv", "slopes.csv", "width.png"}
     data = json.loads((out / "coord_check.json").read_text())
     assert data["ok"] is True
     assert data["verdicts"]["mup"]["width"]["invariant"] is True
