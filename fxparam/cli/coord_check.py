@@ -130,6 +130,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="optimizer of the steps (default adam; muon: Muon on hidden matrices + AdamW, docs/muon.md)",
     )
     p.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="adam",
+        help="optimizer of the steps (default adam; muon: Muon on hidden matrices + AdamW, docs/muon.md)",
+    )
+    p.add_argument(
         "--seeds",
         type=positive_int,
         default=3,
@@ -170,6 +176,20 @@ def factory_takes_depth(spec: str) -> bool:
 
     params = _inspect.signature(user_factory_callable(spec)).parameters  # import errors: ConfigError
     return "depth" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+#: ``--optimizer`` choices: names of torch.optim classes (fxparam.optimizer applies each one's rules).
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "muon": "Muon"}
+
+
+def optimizer_class(name: str) -> type:
+    """The torch optimizer class for an ``--optimizer`` name."""
+    import torch
+
+    cls = getattr(torch.optim, OPTIMIZERS[name], None)
+    if cls is None:
+        raise ConfigError(f"--optimizer {name}: torch.optim.{OPTIMIZERS[name]} is not in this torch ({torch.__version__})")
+    return cls
 
 
 #: ``--optimizer`` choices: names of torch.optim classes (fxparam.optimizer applies each one's rules).
@@ -232,6 +252,7 @@ def _coord_task(task: dict[str, Any]) -> list[Any]:
         steps=task["steps"],
         lr=task["lr"],
         seeds=task["seeds"],
+        optimizer=optimizer_class(task.get("optimizer", "adam")),
         optimizer=optimizer_class(task.get("optimizer", "adam")),
         data=task["data"],
         device=task["device"],
@@ -307,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
             "depth": d,
             "steps": args.steps,
             "lr": args.lr,
+            "optimizer": args.optimizer,
             "optimizer": args.optimizer,
             "seeds": seeds,
             "data": data,
@@ -404,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
             "base_depth": base_depth,
             "steps": args.steps,
             "lr": args.lr,
+            "optimizer": args.optimizer,
             "optimizer": args.optimizer,
             "seeds": seeds,
             "batch": [BATCH_SIZE, seq_len],
