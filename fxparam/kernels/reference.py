@@ -266,6 +266,8 @@ def _ln_partials(
     db_pe = dy3.sum(dim=1, dtype=torch.float32) if need_db else None
     if not need_dw:
         return None, db_pe
+    if _differentiable():
+        return ((x3.float() - mean32) * rstd32 * dy3).sum(dim=1), db_pe
     dw_pe = torch.empty((B, N), dtype=torch.float32, device=x3.device)
     step = max(1, _CHUNK_ELEMS // max(1, T * N))
     for s in range(0, B, step):
@@ -350,6 +352,12 @@ def rms_norm_backward(
     r = rstd.float()
     xhat = x3.float() * r
     dw_pe = None
+    if _differentiable():  # torch.func / double backward: no out= and no in-place
+        g = dy3.float() * weight.float() if weight is not None else dy3.float()
+        dw_pe = (xhat * dy3).sum(dim=1) if need_dweight and weight is not None else None
+        dx = ((g - xhat * (xhat * g).mean(dim=-1, keepdim=True)) * r).to(x3.dtype) if need_dx else None
+        dweight, sq_w = reduce_per_example(dw_pe, weight.dtype if weight is not None else None)
+        return NormGrads(dx, dweight, None, sq_w, None, dw_pe, None)
     if need_dweight and weight is not None:
         dw_pe = torch.empty((x3.shape[0], x3.shape[-1]), dtype=torch.float32, device=x3.device)
         torch.sum(xhat * dy3, dim=1, out=dw_pe)
@@ -360,6 +368,11 @@ def rms_norm_backward(
         dx = (g - xhat.mul_(c1)).mul_(r).to(x3.dtype)  # xhat is ours and dead after this line
     dweight, sq_w = reduce_per_example(dw_pe, weight.dtype if weight is not None else None)
     return NormGrads(dx, dweight, None, sq_w, None, dw_pe, None)
+
+
+def _differentiable() -> bool:
+    """Whether this backward is itself traced (``torch.func`` transforms, ``create_graph=True``): no ``out=``/in-place."""
+    return torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def _check_hidden(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
@@ -408,8 +421,10 @@ class _LayerNormRefFn(torch.autograd.Function):
 
     ``apply(x, weight, bias, eps, sink, forward_fn, grad_sink) -> (y, mean, rstd)``; the
     statistics are non-differentiable outputs so that the forward needs no ``ctx``
-    (``torch.func`` and Dynamo both trace it).
+    (``torch.func`` and Dynamo both trace it); ``vmap`` uses the generated rule.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, eps, sink=None, forward_fn=None, grad_sink=None):  # type: ignore[override]
@@ -459,6 +474,8 @@ class _LayerNormRefFn(torch.autograd.Function):
 
 class _RMSNormRefFn(torch.autograd.Function):
     """The autograd Function behind :class:`RMSNormPerExampleRef`: ``apply(x, weight, eps, sink, forward_fn, grad_sink) -> (y, rstd)``."""
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, eps, sink=None, forward_fn=None, grad_sink=None):  # type: ignore[override]

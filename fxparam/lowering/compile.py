@@ -349,13 +349,21 @@ def lower_compile(
 
     inner_model = unwrap(model)
     the_plan = _as_plan(plan, "fxparam.lowering.compile.lower_compile")
-    check_supported(the_plan, "compile")
+    # GNS norm swaps change module classes, not the graph: done here, before tracing (below).
+    graph_plan = the_plan.model_copy(update={"norm_swaps": []}) if the_plan.norm_swaps else the_plan
+    check_supported(graph_plan, "compile")
     _validate(inner_model, the_plan)
-    be = backend(the_plan, inner=inner, options=options)
+    be = backend(graph_plan, inner=inner, options=options)
     prepare_model(inner_model, the_plan, init=init)
     inner_model.register_forward_pre_hook(_CompiledOnly())
     attach(inner_model, the_plan)
-    return cast(nn.Module, torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph))
+    compiled = cast(nn.Module, torch.compile(model, backend=be, dynamic=dynamic, fullgraph=fullgraph))
+    if the_plan.norm_swaps:
+        from fxparam.lowering.norm_swap import PrepareSinks, swap_norms
+
+        swap_norms(inner_model, the_plan.norm_swaps)
+        compiled.register_forward_pre_hook(PrepareSinks(inner_model), with_kwargs=True)  # runs eagerly
+    return compiled
 
 
 compile = lower_compile  # noqa: A001 - 0.1 name; takes a Plan (fxparam.compile takes a config)

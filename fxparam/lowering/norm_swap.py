@@ -263,6 +263,26 @@ def swap_norms(
     return [s.fqn for s in specs]
 
 
+class PrepareSinks:
+    """Forward pre-hook for the module ``torch.compile`` returns: :func:`fxparam.gns.prepare` before each call.
+
+    Hooks of the compiled wrapper run eagerly, outside the traced frame, so the per-example
+    gradient sinks (graph inputs) exist, for this call's number of examples, before Dynamo
+    traces; once they do, it only checks their shapes.
+    """
+
+    fxparam_hook = True
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        from fxparam.gns._batch_dim import prepare
+
+        if torch.is_grad_enabled():
+            prepare(self.model, *args, **kwargs)
+
+
 def unswap_norms(model: nn.Module) -> list[str]:
     """Undo :func:`swap_norms`: give every per-example norm module back its original class.
 
@@ -292,4 +312,4 @@ def unswap_norms(model: nn.Module) -> list[str]:
     return out
 
 
-__all__ = ["swap_norms", "unswap_norms"]
+__all__ = ["PrepareSinks", "swap_norms", "unswap_norms"]
