@@ -135,6 +135,13 @@ def analyse(
         for real in cap.real_names(n.module):
             norms.append(n.model_copy(update={"module": real, "params": [_rename(p, n.module, real) for p in n.params]}))
     attention.sort(key=lambda a: _block_key(a.module))
+    unknown = [a.module for a in attention if a.scale is None]
+    if unknown:
+        notes.append(
+            f"attention logit scale not found in {len(unknown)} module(s), e.g. {unknown[0]!r} (softmax over q.k "
+            "through a tensor factor or a nonlinearity): muP cannot apply its attention rule there; pass "
+            "attention='sp' to accept that, or keep the scale in a float `scaling` attribute the forward uses"
+        )
     norms.sort(key=lambda n: _block_key(n.module))
 
     return Analysis(

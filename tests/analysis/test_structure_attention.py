@@ -213,6 +213,7 @@ def test_attention_scale_not_found_is_loud(where):
     model = AttnLM(where)
     a = fxparam.inspect(model, example_inputs=(IDS,))
     assert [(s.module, s.scale) for s in a.attention] == [("attns.0", None), ("attns.1", None)]
+    assert any("'attns.0'" in note and "attention='sp'" in note for note in a.notes)  # inspect says so too
     with pytest.warns(UserWarning, match=r"'attns\.0'.*attention='sp'"):
         plan = fxparam.plan(model, MuP(base_width=D), example_inputs=(IDS,))
     assert not plan.attention
