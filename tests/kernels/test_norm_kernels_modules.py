@@ -142,3 +142,37 @@ def test_per_example_class_cached_and_validated():
     assert per_example_class(nn.RMSNorm, "rmsnorm") is PerExampleRMSNorm
     with pytest.raises(KernelError, match="kind"):
         per_example_class(nn.LayerNorm, "batchnorm")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_grad_sink_sums_per_example_gradients_over_uses(backend, kind):
+    """A module used twice with a per-example gradient sink: sink.grad = per-use per-example grads summed.
+
+    Truth: per-example gradients of weight (and bias) from one-example backward passes of torch's module.
+    """
+    if backend == "triton" and not _norm_triton.triton_usable(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    torch.manual_seed(0)
+    ref = nn.LayerNorm(16) if kind == "layernorm" else nn.RMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_()
+    pe = copy.deepcopy(ref)
+    pe.__class__ = per_example_class(type(ref), kind)
+    pe.backend = backend
+    x = torch.randn(3, 5, 16)
+
+    def loss(m, xx):
+        return (m(m(xx) * 1.5) ** 2).sum()
+
+    loss(pe, x).backward()
+    acc = pe.gns_accumulator
+    assert acc.count == 3 and acc.calls == 1  # one backward, three examples: not 2 x 3
+    for name, p in ref.named_parameters():
+        truth = []
+        for b in range(3):
+            ref.zero_grad()
+            loss(ref, x[b : b + 1]).backward()
+            truth.append(p.grad.pow(2).sum())
+        torch.testing.assert_close(acc.sums[name], torch.stack(truth).sum(), rtol=1e-4, atol=1e-6, msg=name)
