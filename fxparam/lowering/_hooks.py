@@ -66,8 +66,7 @@ class PushScale:
     def __call__(self, module: torch.nn.Module, args: tuple) -> None:
         from fxparam.lowering import sdpa
 
-        sdpa.install()  # idempotent: a model unpickled in a fresh process installs the wrapper on first use
-        sdpa.push(self.scale)
+        sdpa.enter_module(self.scale)  # also installs the wrapper: a model unpickled in a fresh process works
 
 
 class PopScale:
@@ -76,7 +75,7 @@ class PopScale:
     def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         from fxparam.lowering import sdpa
 
-        sdpa.pop()
+        sdpa.exit_module()
 
 
 class ScaledLinear(torch.nn.Linear):

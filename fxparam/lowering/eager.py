@@ -34,7 +34,6 @@ def _validate(model: nn.Module, plan: Plan) -> None:
             f"{type(model).__name__} carries fxparam's scaling already (on {carrying[:3]}) although it has no "
             "recorded plan: transforming again would double-scale it. Build a fresh model."
         )
-    check_model_shapes(model, plan)
     names = dict(model.named_parameters(remove_duplicate=False))
     not_float = [n for n, p in plan.params.items()
                  if n in names and not names[n].is_floating_point() and (p.init != "keep" or n in plan.masks)]
@@ -52,6 +51,7 @@ def _validate(model: nn.Module, plan: Plan) -> None:
             f"{missing[:5]}, parameters missing from the plan {extra[:5]}. Plans are per model architecture: "
             "rebuild the plan for this model."
         )
+    check_model_shapes(model, plan)  # same names, other shapes: another width or depth
     modules = dict(model.named_modules())
     for key in plan.multipliers:
         name = key[len(INPUT):] if key.startswith(INPUT) else key

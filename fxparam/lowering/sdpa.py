@@ -107,3 +107,52 @@ def observe(fn: Observer) -> Iterator[None]:
         yield
     finally:
         _OBSERVERS.remove(fn)
+
+
+class _ModuleScale(torch.overrides.TorchFunctionMode):
+    """Inside one attention module's forward: every SDPA call runs with the planned ``scale``.
+
+    A :class:`torch.overrides.TorchFunctionMode` sees torch's SDPA however the module reached
+    it (``F.scaled_dot_product_attention`` looked up at call time, or the function bound by
+    name at import, ``from torch.nn.functional import scaled_dot_product_attention``).
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = dict(kwargs or {})
+        if func is _ORIGINAL:
+            if len(args) > 7:
+                kwargs["enable_gqa"] = args[7]
+            args = args[:6]
+            kwargs["scale"] = self.scale
+        return func(*args, **kwargs)
+
+
+_MODES: list[_ModuleScale | None] = []
+
+
+def enter_module(scale: float) -> None:
+    """Open an attention module's scope (the eager lowering's pre-hook): SDPA uses ``scale``.
+
+    Installs the wrapper (so a model unpickled in a fresh process works) and, outside
+    ``torch.compile``, a :class:`_ModuleScale` mode that also covers SDPA imported by name.
+    """
+    install()
+    push(scale)
+    mode = None
+    if not torch.compiler.is_compiling():
+        mode = _ModuleScale(scale)
+        mode.__enter__()
+    _MODES.append(mode)
+
+
+def exit_module() -> None:
+    """Close the innermost :func:`enter_module` scope (the eager lowering's post-hook, always called)."""
+    pop()
+    if _MODES:
+        mode = _MODES.pop()
+        if mode is not None:
+            mode.__exit__(None, None, None)

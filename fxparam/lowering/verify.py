@@ -254,7 +254,8 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
             handles.append(modules[name].register_forward_pre_hook(pre(name), with_kwargs=True, prepend=True))
             handles.append(modules[name].register_forward_hook(post(name)))
         for name in plan.attention:
-            handles.append(modules[name].register_forward_pre_hook(_EnterMode(modes, name, sdpa[name])))
+            # entered before fxparam's own scope (prepend): the recorder sits below it and sees the final scale
+            handles.append(modules[name].register_forward_pre_hook(_EnterMode(modes, name, sdpa[name]), prepend=True))
             handles.append(modules[name].register_forward_hook(_ExitMode(modes, name), always_call=True))
         training = {m: m.training for m in model.modules()}
         model.eval()

@@ -137,20 +137,44 @@ class TinyLM(nn.Module):
         return self.head(x)
 
 
-def test_case4_sdpa_imported_by_name_is_refused_and_rolled_back() -> None:
+def test_case4_sdpa_imported_by_name_gets_the_planned_scale(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    model = TinyLM()  # d_head 64: SDPA's own scale 1/8 = 0.125; muP with base_head_dim 16: 4/64 = 0.0625
     idx = torch.randint(0, 256, (2, 8))
-    before = _snapshot(model)
+    # d_head 64: SDPA's own scale 1/8 = 0.125; muP with base_head_dim 16: sqrt(16)/64 = 0.0625
+    model = fxparam.transform(TinyLM(), "mup", base_width=32, base_head_dim=16, example_inputs=(idx,))
+    report = verify(model, example_inputs=(idx,))
+    attention = [c for c in report.checks if c.kind == "attention" and c.how == "probe"]
+    assert len(attention) == 2 and all(math.isclose(c.realized, 0.0625, rel_tol=1e-9) for c in attention)
+    assert report.ok, str(report)
+    import pickle
+
+    with torch.no_grad():
+        ref = model(idx)
+        for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # the rule is module state
+            torch.testing.assert_close(twin(idx), ref, rtol=0, atol=0)
+            assert verify(twin, example_inputs=(idx,)).ok
+
+    # negative control: without the module-local mode (the old process-global wrapper only), the by-name
+    # call bypasses the override; verify finds it, the transform is refused and rolled back
+    from fxparam.lowering import sdpa
+
+    class Blind(torch.overrides.TorchFunctionMode):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(sdpa, "_ModuleScale", Blind)
+    torch.manual_seed(0)
+    fresh = TinyLM()
+    before = _snapshot(fresh)
     with pytest.raises(fxparam.LoweringError, match=r"attn\.0.*planned 0\.0625, realized 0\.125") as info:
-        fxparam.transform(model, "mup", base_width=32, base_head_dim=16, example_inputs=(idx,))
+        fxparam.transform(fresh, "mup", base_width=32, base_head_dim=16, example_inputs=(idx,))
     assert "imported" in str(info.value) and "attention='sp'" in str(info.value)
-    assert _same(before, _snapshot(model)), "the refused transform left the model changed"
+    assert _same(before, _snapshot(fresh)), "the refused transform left the model changed"
     with pytest.raises(fxparam.LoweringError, match="not transformed"):
-        fxparam.plan_of(model)
-    # negative control: with the SDPA default kept (attention='sp') nothing needs overriding: accepted
-    fxparam.transform(model, "mup", base_width=32, attention="sp", example_inputs=(idx,))
-    assert verify(model, example_inputs=(idx,)).ok
+        fxparam.plan_of(fresh)
 
 
 # --------------------------------------------------------------------------- case 5: nn.MultiheadAttention
