@@ -8,9 +8,11 @@ for the module's forward, and its hook leaves it.  Tools that need the attention
 wrapper of ``F.scaled_dot_product_attention``, installed once (:func:`install`); outside
 an override scope and with no observer it calls torch's function unchanged.
 
-Only calls that look ``F.scaled_dot_product_attention`` up at call time are seen (a model
-that did ``from torch.nn.functional import scaled_dot_product_attention`` at import keeps
-torch's own function).
+The wrapper sees only calls that look ``F.scaled_dot_product_attention`` up at call time
+(a model that did ``from torch.nn.functional import scaled_dot_product_attention`` at
+import keeps torch's own function); the eager lowering's scope (:func:`enter_module` /
+:func:`exit_module`) also enters a TorchFunctionMode, so the planned scale reaches
+by-name calls too (observers still see only the wrapper's calls).
 
 Example:
     >>> import torch
