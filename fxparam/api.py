@@ -48,7 +48,9 @@ def inspect(model: nn.Module, example_inputs: Any = None) -> Analysis:
         >>> fxparam.inspect(GPT(GPTConfig(width=64, depth=2))).depth
         2
     """
-    return analyse(model, example_inputs)
+    from fxparam.lowering._rollback import inner_module
+
+    return analyse(inner_module(model), example_inputs)  # through torch.compile / DDP; PEFT, FSDP refused
 
 
 def plan(model: nn.Module, config: str | AnyConfig, *, example_inputs: Any = None, **kwargs: Any) -> Plan:
@@ -74,8 +76,13 @@ def plan(model: nn.Module, config: str | AnyConfig, *, example_inputs: Any = Non
         >>> fxparam.plan(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32).m_d
         2.0
     """
+    from fxparam.lowering._rollback import inner_module, model_shapes
+
     cfg = resolve_config(config, **kwargs)
-    return build_plan(analyse(model, example_inputs), cfg)
+    model = inner_module(model)
+    the_plan = build_plan(analyse(model, example_inputs), cfg)
+    the_plan.model_shapes = model_shapes(model)  # the analysis fingerprint apply_plan checks
+    return the_plan
 
 
 def transform(
@@ -152,15 +159,32 @@ def apply_plan(
         the_plan = Plan.from_json(the_plan)
     if lowering not in ("eager", "graph"):
         raise ConfigError(f"unknown lowering {lowering!r}; use 'eager' or 'graph' (or fxparam.backend for torch.compile)")
-    from fxparam.lowering._rollback import all_or_nothing
+    from fxparam.lowering._rollback import all_or_nothing, inner_module
 
+    wrapper, model = model, inner_module(model, init=init, mutate=True)  # the user's wrapper is never written
+    if init and any(p.device.type == "meta" for p in model.parameters()):
+        raise ConfigError(
+            f"{type(model).__name__} is on the meta device: init=True cannot draw its weights (they would be "
+            "garbage after to_empty). Transform with init=False, then model.to_empty(device=...) and "
+            "fxparam.init_weights(model)."
+        )
     # all or nothing (issue 14): any failure, in the lowering or in its verification, restores the model exactly
     with all_or_nothing(model, values=init or bool(the_plan.masks)):
         if lowering == "eager":
-            return lower_eager(model, the_plan, init=init)
-        from fxparam.lowering.graph import lower_graph
+            from fxparam.lowering.verify import verify
 
-        return lower_graph(model, the_plan, init=init, example_inputs=example_inputs)
+            lower_eager(model, the_plan, init=init)
+            verify(model, example_inputs=example_inputs, init=init, raise_on_failure=True)
+            from fxparam.checkpoint import record_in_config
+
+            record_in_config(model, the_plan)  # HF: save_pretrained writes the plan into config.json
+            return wrapper
+        from fxparam.lowering.graph import lower_graph
+        from fxparam.lowering.verify import verify_graph
+
+        gm = lower_graph(model, the_plan, init=init, example_inputs=example_inputs)
+        verify_graph(gm, model, example_inputs=example_inputs, raise_on_failure=True)
+        return gm
 
 
 def compile(  # noqa: A001 - mirrors torch.compile on purpose
