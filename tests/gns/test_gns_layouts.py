@@ -263,3 +263,25 @@ def test_error_names_norm_without_example_dim():
     swap_norms(model)
     with pytest.raises(GNSError, match=r"'norm'.*batch_dim="):
         model(torch.randn(3, 5, 8)).backward()
+
+
+def test_two_forwards_one_backward_are_separate_examples():
+    """``loss = f(a) + f(b)``: 2B examples, each with its own per-example gradient (not summed by index)."""
+    torch.manual_seed(0)
+    model = SeqFirstEncoder()
+    swap_norms(model)
+    mon = monitor(model)
+    a, b = torch.randn(7, 3, 32), torch.randn(7, 3, 32)
+    (model(a).sum() + model(b).sum()).backward()
+    both = torch.cat([a, b], dim=1)
+    per = one_example_grads(
+        model, [both[:, i : i + 1] for i in range(6)], lambda m, x: m(x).sum(), mon.tracked_parameters
+    )
+    got = mon.per_example_sq_norms(loss_scale=1.0)
+    est_n = mon.update().total.batch_size
+    assert est_n == 6
+    for name in per:
+        # loss_reduction="mean" scales by n = 6; this loss is a sum: compare unscaled. The two forwards'
+        # sinks are read in backward order, so compare the multisets.
+        want = per[name].flatten(1).pow(2).sum(1).sort().values
+        torch.testing.assert_close((got[name] / 36).sort().values, want, rtol=1e-4, atol=1e-10)
