@@ -33,6 +33,14 @@ Mixed precision: with a ``GradScaler``, call ``scaler.unscale_(optimizer)`` firs
 A step whose estimates are not finite (an fp16 overflow, a NaN loss) is skipped: the EMAs are
 not touched and ``bad_steps`` is incremented.
 
+Which examples: each norm's example dimension is found from the model at the first training
+forward (the model-input dim that no attention, matmul or softmax mixes; see
+``fxparam.gns._batch_dim``), e.g. dim 1 of a ``(sequence, batch, hidden)`` activation, or the
+example chunks of flattened ``(batch * sequence, hidden)`` tokens; ``batch_dim=`` overrides it.
+A norm module used several times per forward (a block shared across depth) reports, per
+example, the squared norm of its gradient *summed over the uses* (the per-example gradient of
+the shared parameter) and counts each example once.
+
 Distributed: when ``torch.distributed`` is initialised with more than one rank, ``update()``
 all-reduces (sums) one small vector per step: each tracked parameter's ``sum_b |G_b|^2`` and
 each module's example count, so ``S_small`` covers the global batch. ``S_big`` comes from
@@ -385,8 +393,8 @@ class GNSMonitor:
             self._warned_counts = True
             warnings.warn(
                 f"fxparam.gns.monitor: tracked norm modules saw different numbers of examples {sorted(seen_counts)} "
-                "in one step (a module called more than once per forward, or on a different batch dim?); "
-                "per-layer estimates use each module's own count",
+                "in one step (a module skipped in some forwards, or an example dim that is not the batch: see "
+                "batch_dim=); per-layer estimates use each module's own count",
                 stacklevel=2,
             )
         tot = [sum(v[j] for v in layers.values()) for j in range(4)]
