@@ -63,8 +63,16 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         LoweringError: ``model`` was never transformed (save a plain model with safetensors).
 
     Example:
-        >>> fxparam.save(model, "ckpt.safetensors")
-        >>> fresh = fxparam.load(GPT(cfg), "ckpt.safetensors")  # transformed, weights loaded
+        >>> import os, tempfile
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> cfg = GPTConfig(width=64, depth=2)
+        >>> model = fxparam.transform(GPT(cfg), "mup", base_width=32)
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
+        >>> fxparam.save(model, path)
+        >>> fresh = fxparam.load(GPT(cfg), path)  # the plan is applied, then the weights are loaded
+        >>> fxparam.plan_of(fresh).m_d, fxparam.verify(fresh).ok
+        (2.0, True)
     """
     from safetensors.torch import save_model
 

@@ -126,8 +126,17 @@ def all_or_nothing(model: nn.Module, *, values: bool = True) -> Iterator[Snapsho
             ``__cause__``).
 
     Example:
-        >>> with all_or_nothing(model):
-        ...     lower_eager(model, plan, init=True)
+        >>> model = nn.Linear(4, 4)
+        >>> before = model.weight.detach().clone()
+        >>> try:
+        ...     with all_or_nothing(model):
+        ...         _ = model.register_forward_hook(lambda m, a, out: out * 2)
+        ...         raise RuntimeError("a lowering step failed")
+        ... except LoweringError as exc:
+        ...     print(type(exc.__cause__).__name__)
+        RuntimeError
+        >>> torch.equal(model.weight, before), len(model._forward_hooks)
+        (True, 0)
     """
     snapshot = Snapshot(model, values=values)
     try:

@@ -124,9 +124,12 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
             differ from the transformed model's.
 
     Example:
-        >>> model = fxparam.transform(hf_model("llama"), "completep", base_width=32, base_depth=1)
-        >>> plain = fxparam.fold(model)
-        >>> plain.save_pretrained("folded/")  # loads with plain transformers
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model = fxparam.transform(GPT(GPTConfig(width=64, depth=2)), "completep", base_width=32, base_depth=1)
+        >>> plain = fxparam.fold(model)  # HF models: plain.save_pretrained(...) loads with plain transformers
+        >>> type(plain).__name__, hasattr(plain, "_fxparam_plan"), type(plain.blocks[0].attn.proj).__name__
+        ('GPT', False, 'Linear')
     """
     from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, ScaledLinear
     from fxparam.lowering.verify import _probe_inputs, _state_factors

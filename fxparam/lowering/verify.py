@@ -117,6 +117,24 @@ class VerifyReport(BaseModel):
 
 # --------------------------------------------------------------------------- state
 
+#: Prefix naming an input-multiplier site in reports (``input:lm_head``), as in the Plan's JSON v1.
+INPUT = "input:"
+
+
+def _tables(plan: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """(output multipliers, input multipliers) by module FQN, from a Plan of any version."""
+    outs = getattr(plan, "output_multipliers", None)
+    if outs is not None:
+        return dict(outs), dict(plan.input_multipliers)
+    outs, ins = {}, {}
+    for key, factor in plan.multipliers.items():
+        if key.startswith(INPUT):
+            ins[key[len(INPUT):]] = factor
+        else:
+            outs[key] = factor
+    return outs, ins
+
+
 
 def _state_factors(module: nn.Module) -> tuple[float, float, float | None, bool]:
     """(output factor, input factor, pushed SDPA scale, has any fxparam state) held by ``module``."""
@@ -225,10 +243,9 @@ def _probe_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
 
 @torch.no_grad()
 def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: Any) -> None:
-    from fxparam.passes.width import INPUT
-
     modules = dict(model.named_modules())
-    sites = sorted({k[len(INPUT):] if k.startswith(INPUT) else k for k in plan.multipliers})
+    outs, ins = _tables(plan)
+    sites = sorted({*outs, *ins})
     seen_in: dict[str, tuple[tuple, dict]] = {}
     seen_out: dict[str, Any] = {}
     sdpa: dict[str, list[float]] = {name: [] for name in plan.attention}
@@ -278,8 +295,8 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
     report.probed = True
 
     for name in sites:
-        planned_out = plan.multipliers.get(name, 1.0)
-        planned_in = plan.multipliers.get(INPUT + name, 1.0)
+        planned_out = outs.get(name, 1.0)
+        planned_in = ins.get(name, 1.0)
         planned = planned_out * planned_in
         label = name if planned_in == 1.0 else (INPUT + name if planned_out == 1.0 else f"{name} (input x output)")
         if name not in seen_in:
@@ -407,30 +424,35 @@ def verify(
             whose realized factor/scale differs from the plan (naming site, planned, realized).
 
     Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
         >>> model = fxparam.transform(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32)
-        >>> print(fxparam.verify(model))  # doctest: +ELLIPSIS
+        >>> report = fxparam.verify(model)
+        >>> report.ok, report.probed
+        (True, True)
+        >>> print(report)  # doctest: +ELLIPSIS
         fxparam.verify(GPT): ... checks, 0 failed (probed on a forward)
         ...
     """
-    from fxparam.passes.width import INPUT
     from fxparam.plan import plan_of, unwrap
 
     model = unwrap(model)
     plan = plan_of(model)
     report = VerifyReport(model_class=type(model).__name__)
     modules = dict(model.named_modules())
-    planned_modules = {k[len(INPUT):] if k.startswith(INPUT) else k for k in plan.multipliers}
+    outs, ins = _tables(plan)
+    planned_modules = {*outs, *ins}
 
     # state: the factors each module holds
     for name, module in modules.items():
         out, inp, pushed, any_state = _state_factors(module)
-        planned_out = plan.multipliers.get(name, 1.0)
-        planned_in = plan.multipliers.get(INPUT + name, 1.0)
+        planned_out = outs.get(name, 1.0)
+        planned_in = ins.get(name, 1.0)
         if name in planned_modules:
-            if name in plan.multipliers:
+            if name in outs:
                 report.checks.append(SiteCheck(site=name, kind="multiplier", planned=planned_out, realized=out,
                                                ok=_close(out, planned_out), detail="output factor held by the module"))
-            if INPUT + name in plan.multipliers:
+            if name in ins:
                 report.checks.append(SiteCheck(site=INPUT + name, kind="multiplier", planned=planned_in,
                                                realized=inp, ok=_close(inp, planned_in),
                                                detail="input factor held by the module"))
@@ -497,6 +519,14 @@ def verify_graph(
 
     Raises:
         LoweringError: with ``raise_on_failure``, a failed site or outputs that differ.
+
+    Example:
+        >>> import fxparam
+        >>> from fxparam.models import GPT, GPTConfig
+        >>> model, idx = GPT(GPTConfig(width=64, depth=2)), torch.zeros(2, 8, dtype=torch.long)
+        >>> gm = fxparam.transform(model, "mup", base_width=32, lowering="graph", example_inputs=idx)
+        >>> verify_graph(gm, model, example_inputs=idx).ok  # transform ran this check already
+        True
     """
     from fxparam.capture import _split_inputs, default_example_inputs
     from fxparam.lowering.eager import lower_eager
