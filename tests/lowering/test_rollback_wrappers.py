@@ -141,3 +141,52 @@ def test_ddp_with_reinit_is_refused_and_init_false_goes_through(tmp_path: Any) -
         torch.testing.assert_close(ddp(idx), reference(idx))
     finally:
         dist.destroy_process_group()
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(32)
+        self.fc = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.ln(x))
+
+
+class AliasedLinear(nn.Module):
+    """One Linear registered under two names (``blocks.0.fc`` and ``alias``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(256, 32)
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+        self.alias = self.blocks[0].fc
+        self.head = nn.Linear(32, 256)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def test_case2_a_failure_after_mutation_restores_the_model_and_a_retry_scales_once() -> None:
+    torch.manual_seed(0)
+    model = AliasedLinear()
+    idx = torch.randint(0, 256, (2, 8))
+    before = _values(model)
+    hooks_before = {n: (type(m), len(m._forward_hooks), len(m._forward_pre_hooks), sorted(m._buffers))
+                    for n, m in model.named_modules(remove_duplicate=False)}
+    # stored masks on a module with two names change the state_dict keys: found after the masks went in
+    with pytest.raises(fxparam.LoweringError, match="alias.weight_mask"):
+        fxparam.transform(model, "mup+supar", base_width=16, density=0.5, store_masks=True, example_inputs=(idx,))
+    assert _same_values(before, _values(model))
+    assert hooks_before == {n: (type(m), len(m._forward_hooks), len(m._forward_pre_hooks), sorted(m._buffers))
+                            for n, m in model.named_modules(remove_duplicate=False)}
+    with pytest.raises(fxparam.LoweringError, match="not transformed"):
+        fxparam.plan_of(model)
+    # the retry realizes the planned readout factor base_width/width = 1/2 once (not 1/4)
+    fxparam.transform(model, "mup+supar", base_width=16, density=0.5, example_inputs=(idx,))
+    report = verify(model, example_inputs=(idx,))
+    head = [c for c in report.checks if c.site == "input:head" and c.how == "probe"]
+    assert report.ok and head and head[0].realized == pytest.approx(0.5, rel=1e-5)

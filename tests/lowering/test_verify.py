@@ -259,3 +259,37 @@ def test_graph_lowering_is_verified_against_the_eager_lowering(monkeypatch: pyte
     with pytest.raises(fxparam.LoweringError, match=r"<graph>.*planned 1\.0"):
         fxparam.transform(model, "completep", base_width=16, base_depth=1, lowering="graph", example_inputs=(idx,))
     assert skipped and _same(before, _snapshot(model))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "nanogpt", "llama"])
+def test_at_base_width_and_depth_the_transformed_model_computes_the_original(arch: str) -> None:
+    """Nothing else changed: at m_d = m_L = 1 every multiplier and attention ratio is 1 (muP/CompleteP tables)."""
+    import importlib.util
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    if arch == "gpt":
+        make, width, depth, call = (lambda: _gpt(32)), 32, 2, (lambda m, i: m(i))
+    elif arch == "nanogpt":
+        path = Path(__file__).resolve().parents[1] / "nanogpt_style.py"
+        spec = importlib.util.spec_from_file_location("nanogpt_style_verify", path)
+        mod = importlib.util.module_from_spec(spec)
+        assert spec.loader is not None
+        spec.loader.exec_module(mod)
+        make, width, depth, call = (lambda: mod.make(32, 2)), 32, 2, (lambda m, i: m(i, i)[0])
+    else:
+        from fxparam.models.hf import hf_model
+
+        make, width, depth, call = (lambda: hf_model("llama")), 64, 2, (lambda m, i: m(input_ids=i).logits)
+    original = make().eval()
+    idx = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        ref = call(original, idx)
+    same = fxparam.transform(copy.deepcopy(original), "completep", base_width=width, base_depth=depth, init=False)
+    assert verify(same).ok
+    with torch.no_grad():
+        torch.testing.assert_close(call(same.eval(), idx), ref, rtol=1e-6, atol=1e-6)
+    # negative control: half the base width (m_d = 2) changes the function
+    half = fxparam.transform(copy.deepcopy(original), "completep", base_width=width // 2, base_depth=depth, init=False)
+    with torch.no_grad():
+        assert not torch.allclose(call(half.eval(), idx), ref, rtol=1e-3, atol=1e-3)
