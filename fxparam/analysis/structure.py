@@ -291,10 +291,11 @@ class StructureFinder:
 
         A stream is a chain of sites, each skip continuing the previous site's output.
         Along a stream, the sites' module-call stacks are compared: the first level at
-        which they part is the block level when the calls there are repeats of one module
-        class, or when their common parent call holds the stream's start (it is the stack
-        of blocks, e.g. ``encoder``); otherwise (heterogeneous sub-layers of a single
-        block, T5's ``layer.0`` / ``layer.1``) the common parent call is the one block.
+        which they part is the block level when a module class is called more than once
+        there (blocks repeat; hybrids alternate), or when their common parent call holds the
+        stream's start (it is the stack of blocks, e.g. ``encoder``); otherwise (distinct
+        sub-layers of a single block, T5's ``layer.0`` / ``layer.1``) the common parent
+        call is the one block.
         Each call is one application, so a block module applied n times counts n.
         """
         site_of_add = {s.add: s for s in sites}
@@ -334,9 +335,10 @@ class StructureFinder:
         chosen: list[Call | None]
         if len(set(entries)) > 1:
             level = [st[k] if len(st) > k else None for st in stacks]
-            classes = {c.cls for c in level if c is not None}
+            distinct = {c.key: c.cls for c in level if c is not None}
+            repeats = len(set(distinct.values())) < len(distinct)  # one class called twice: blocks
             parent = common[-1] if common else None
-            if parent is not None and parent.key not in start_calls and (len(classes) > 1 or None in level):
+            if parent is not None and parent.key not in start_calls and (not repeats or None in level):
                 chosen = [parent] * len(chain)
             else:
                 chosen = [c if c is not None else self._branch_call(s) for s, c in zip(chain, level)]

@@ -227,3 +227,60 @@ def test_inline_branch_is_refused_loudly():
 
     with pytest.raises(AnalysisError, match="inline"):
         fxparam.plan(Inline(), DepthScaled(base_depth=1), example_inputs=(IDS,))
+
+
+# ------------------------------------------------------------------ sub-layers vs hybrids
+
+
+class SubAttn(nn.Module):  # a sub-layer that adds its own residual (T5LayerSelfAttention style)
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln, self.o = nn.LayerNorm(D), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.o(self.ln(x))
+
+
+class SubFF(nn.Module):  # T5LayerFF style
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln, self.mlp = nn.LayerNorm(D), Mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.ln(x))
+
+
+class SubLayerBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([SubAttn(), SubFF()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for sub in self.layer:
+            x = sub(x)
+        return x
+
+
+class Stack(nn.Module):
+    """Embedding in the root, the blocks inside ``encoder`` (which does not hold the stream's start)."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(V, D)
+        self.encoder = nn.Sequential(*blocks)
+        self.head = nn.Linear(D, V)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.emb(idx)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_sub_layers_with_their_own_adds_are_not_blocks(n):
+    a = _inspect(Stack([SubLayerBlock() for _ in range(n)]))
+    assert a.depth == n and a.blocks == [f"encoder.{i}" for i in range(n)]
+    assert len(a.residuals) == 2 * n
+
+
+def test_hybrid_stack_of_alternating_block_classes_counts_each_block():
+    a = _inspect(Stack([SubAttn(), SubFF(), SubAttn(), SubFF()]))  # e.g. attention / SSM hybrids
+    assert a.depth == 4 and a.blocks == [f"encoder.{i}" for i in range(4)]
