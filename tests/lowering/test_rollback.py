@@ -159,3 +159,32 @@ def test_failed_verification_also_rolls_back(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(fxparam.LoweringError, match="injected"):
         fxparam.apply_plan(model, plan, init=True)
     assert_same(before, state(model), "after a failure at the end")
+
+
+@pytest.mark.slow
+def test_failure_at_every_graph_lowering_step_leaves_model_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph lowering shares the model's Parameters (re-init, masks): its steps and its verification roll back."""
+    from fxparam.lowering import graph
+
+    torch.manual_seed(0)
+    model = _gpt()
+    idx = torch.randint(0, 256, (2, 8))
+    plan = fxparam.plan(model, "completep+supar", **{k: v for k, v in KW.items()})
+    before = state(model)
+    sites = [(eager, "prepare_weights"), (eager, "_reinit"), (masks, "apply_masks"), (masks, "enforce_masks"),
+             (graph, "attach"), (graph, "apply_plan_to_graph"), (eager, "lower_eager"), (eager, "attach")]
+    completed_at = None
+    for k in range(1, 40):
+        injector = Injector(k)
+        with monkeypatch.context() as mp:
+            for owner, attr in sites:
+                mp.setattr(owner, attr, injector.wrap(f"{owner.__name__}.{attr}", getattr(owner, attr)))
+            try:
+                fxparam.apply_plan(model, plan, init=True, lowering="graph", example_inputs=(idx,))
+            except fxparam.LoweringError as exc:
+                assert isinstance(exc.__cause__, Injected) or "Injected" in str(exc), exc
+            else:
+                completed_at = k
+                break
+        assert_same(before, state(model), f"after {injector.calls[-1]} (call {k})")
+    assert completed_at is not None and completed_at > 5, completed_at
