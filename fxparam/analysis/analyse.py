@@ -56,6 +56,10 @@ def analyse(
         # the embedding alias gets the embedding rules, the lm_head alias the readout).
         for alias in aliases:
             own = [u for u in uses if mg.owner.get(u.op, "") == _module_of(alias)]
+            if not own:  # e.g. T5's ``shared``: the uses no other alias's module performs
+                others = {_module_of(x) for x in aliases if x != alias}
+                own = [u for u in uses if mg.owner.get(u.op, "") not in others]
+                own = own or [u for u in uses if u.kind == "embedding"]  # the table's owner: embedding rules
             if len(aliases) == 1 or not own:
                 own = uses
             skel_info[alias] = param_role(mg, sf, dims, pnode, alias, own)

@@ -45,7 +45,7 @@ Key = tuple[str, int]  # (value name, axis); a tuple output's value name is "nod
 
 #: Ops through which a weight reaches its matmul (layout changes, casts, expert selection).
 _WEIGHT_PATH = {
-    "aten.t.default", "aten.transpose.int", "aten.permute.default", "aten.view.default",
+    "aten.t.default", "aten.numpy_T.default", "aten.transpose.int", "aten.permute.default", "aten.view.default",
     "aten.reshape.default", "aten.to.dtype", "aten.to.dtype_layout", "aten._to_copy.default",
     "aten.contiguous.default", "aten.clone.default", "aten.alias.default", "aten.detach.default",
     "aten.type_as.default", "aten.select.int", "aten.index.Tensor", "aten.to.device",
@@ -138,6 +138,7 @@ class DimAnalysis:
         self.mg = mg
         self.uf = _UnionFind()
         self.links: list[tuple[Key, Key]] = []  # derived (reshape/cat/slice) links
+        self.groups: list[tuple[list[Key], list[Key]]] = []  # one reshape group: these dims <-> those
         self.fixed_seeds: dict[Key, str] = {}
         self.contractions: dict[str, list[Contraction]] = {}
         self.unhandled: set[str] = set()
@@ -175,9 +176,11 @@ class DimAnalysis:
     def _u(self, a: Key, b: Key) -> None:
         self.uf.union(a, b)
 
-    def _link(self, a: Key, b: Key) -> None:
+    def _link(self, a: Key, b: Key, group: bool = True) -> None:
         self.uf.find(a), self.uf.find(b)
         self.links.append((a, b))
+        if group:
+            self.groups.append(([a], [b]))
 
     def _name(self, a: object) -> str | None:
         return a.name if isinstance(a, torch.fx.Node) else None
@@ -651,7 +654,8 @@ class DimAnalysis:
             else:
                 for a in gi:
                     for b in gj:
-                        self._link((x, a), (out, b))
+                        self._link((x, a), (out, b), group=False)
+                self.groups.append(([(x, a) for a in gi], [(out, b) for b in gj]))
 
     def _drop_ones(self, x: str | None, out: str) -> None:
         sx, so = self.shape(x) if x else None, self.shape(out)
@@ -733,6 +737,18 @@ class DimAnalysis:
             prev = fixed.get(c)
             if prev is None or FIXED_KINDS.index(why) < FIXED_KINDS.index(prev):
                 fixed[c] = why
+        # a dim derived only from fixed dims is fixed (batch x sequence flattened for an MLP)
+        grown = True
+        while grown:
+            grown = False
+            for side_a, side_b in self.groups:
+                ca, cb = [self.cls(k) for k in side_a], [self.cls(k) for k in side_b]
+                for src, dst in ((ca, cb), (cb, ca)):
+                    if all(c in fixed for c in src):
+                        for c in dst:
+                            if c not in fixed:
+                                fixed[c] = fixed[src[0]]
+                                grown = True
         self.fixed = fixed
         width: dict[Key, str] = {}
         for add in residual_adds:

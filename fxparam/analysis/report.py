@@ -22,14 +22,14 @@ def format_analysis(a: Analysis, *, max_rows: int = 60) -> str:
     ]
     rows = []
     for name, p in a.params.items():
-        dims = ("W" if p.fan_in_width else "-") + ("W" if p.fan_out_width else "-")
-        rows.append([name, p.role, "x".join(map(str, p.shape)), dims, p.tied_to or ""])
+        dims = "".join("W" if i in p.width_dims else "-" for i in range(len(p.shape)))  # per axis
+        rows.append([name, p.role, "x".join(map(str, p.shape)), dims, p.tied_to or "", p.reason])
     from fxparam._fold import fold_rows  # blocks.{0..23}.attn.q: one row per repeated parameter
 
     rows = fold_rows(rows)
     if len(rows) > max_rows:
-        rows = rows[: max_rows // 2] + [["...", "", "", "", ""]] + rows[-max_rows // 2 :]
-    lines += _table(rows, ["parameter", "role", "shape", "in/out width", "tied to"])
+        rows = rows[: max_rows // 2] + [["...", "", "", "", "", ""]] + rows[-max_rows // 2 :]
+    lines += _table(rows, ["parameter", "role", "shape", "width axes", "tied to", "why"])
     if a.residuals:
         lines += ["", "residual sites (first block, last block):"]
         shown = [r for r in a.residuals if r.block in (a.blocks[0], a.blocks[-1])]
@@ -40,6 +40,8 @@ def format_analysis(a: Analysis, *, max_rows: int = 60) -> str:
         at = a.attention[0]
         lines += _table([[at.module, at.kind, at.head_dim, f"{at.scale:.4g}" if at.scale is not None else "not found", at.scale_attr or "(none)"]],
                         ["module", "kind", "head dim", "logit scale", "scale attribute"])
+    if a.notes:
+        lines += ["", "notes:"] + [f"  {n}" for n in a.notes]
     if a.tied:
         lines += ["", "tied: " + "; ".join(" = ".join(g) for g in a.tied)]
     if a.norms:

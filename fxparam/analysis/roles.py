@@ -82,10 +82,10 @@ def param_role(mg: ModelGraph, sf: StructureFinder, dims: DimAnalysis, pnode: st
             # a table added to the input (a learned position Parameter): fixed rows -> width
             return base | {"role": "embedding", "fan_in_width": False, "fan_out_width": True,
                            "fan_in": shape[fixed[0]], "fan_out": shape[waxes[-1]], "fan_in_dim": fixed[0],
-                           "reason": f"[{text}] added outside the blocks, no matmul: input table"}
+                           "reason": f"[{text}] added outside the blocks, no matmul"}
         return base | {"role": "vector", "fan_in_width": False, "fan_out_width": bool(waxes),
                        "fan_out": shape[-1] if shape else None,
-                       "reason": f"[{text}] not read by a matmul: vector"}
+                       "reason": f"[{text}], no matmul"}
     roles = [use_role(dims, c) for c in uses]
     emb = [c for c, r in zip(uses, roles) if c.kind == "embedding"]
     readouts = [c for c, r in zip(uses, roles) if r in ("readout", "fixed") and c.kind == "linear"]
@@ -96,13 +96,13 @@ def param_role(mg: ModelGraph, sf: StructureFinder, dims: DimAnalysis, pnode: st
                "fan_in_dim": c.in_axes[0] if c.in_axes else 0,
                "fan_in": shape[c.in_axes[0]] if c.in_axes else shape[0],
                "fan_out": shape[c.out_axes[0]] if c.out_axes else shape[-1],
-               "reason": f"looked up: rows [{_axes_text(dims, pnode, c.in_axes, shape)}] -> "
-                         f"[{_axes_text(dims, pnode, c.out_axes, shape)}]: input weight"}
+               "reason": f"lookup: rows [{_axes_text(dims, pnode, c.in_axes, shape)}] -> "
+                         f"[{_axes_text(dims, pnode, c.out_axes, shape)}]"}
         if readouts:  # the same tensor read out functionally: F.linear(h, wte.weight)
             r = readouts[0]
             site = readout_site(mg, sf, alias, r)
             out["multiplier_at"] = site
-            out["reason"] += f"; also read out by {_op_text(mg, r)} (readout multiplier at {site or '?'})"
+            out["reason"] += f"; read out by {_op_text(mg, r, alias)} (multiplier at {site or '?'})"
             if site is None:
                 out["warning"] = _no_site_warning(mg, alias, r)
         return base | out
@@ -114,31 +114,34 @@ def param_role(mg: ModelGraph, sf: StructureFinder, dims: DimAnalysis, pnode: st
     fields = {"fan_in_dim": fan_in_dim,
               "fan_in": shape[fan_in_dim] if fan_in_dim is not None else None,
               "fan_out": shape[fan_out_dim] if fan_out_dim is not None else None}
-    text = (f"{_op_text(mg, c)}: fan-in [{_axes_text(dims, pnode, c.in_axes, shape)}] -> "
-            f"fan-out [{_axes_text(dims, pnode, c.out_axes, shape)}]")
+    text = (f"{_op_text(mg, c, alias)}: [{_axes_text(dims, pnode, c.in_axes, shape)}] -> "
+            f"[{_axes_text(dims, pnode, c.out_axes, shape)}]")
     if c.other_axes:
         text += f", per [{_axes_text(dims, pnode, c.other_axes, shape)}]"
     if role == "hidden":
         return base | fields | {"role": "hidden", "fan_in_width": True, "fan_out_width": True,
-                                "reason": f"{text}: hidden"}
+                                "reason": text}
     if role == "embedding":
         return base | fields | {"role": "embedding", "fan_in_width": False, "fan_out_width": True,
-                                "reason": f"{text}: input weight"}
+                                "reason": f"{text}, fixed fan-in"}
     site = readout_site(mg, sf, alias, c)
     out = {"multiplier_at": site}
     if site is None:
         out["warning"] = _no_site_warning(mg, alias, c)
     if role == "readout":
         return base | fields | out | {"role": "readout", "fan_in_width": True, "fan_out_width": False,
-                                      "reason": f"{text}: readout"}
+                                      "reason": text}
     # no width dim on either side: a single layer, nothing can be told to grow with width
     return base | fields | out | {"role": "readout", "fan_in_width": False, "fan_out_width": False,
-                                  "reason": f"{text}: no width dim (single layer)"}
+                                  "reason": f"{text}, no width dim (single layer)"}
 
 
-def _op_text(mg: ModelGraph, c: Contraction) -> str:
-    t = mg.target(c.op).removeprefix("aten.").split(".")[0]
+def _op_text(mg: ModelGraph, c: Contraction, alias: str | None = None) -> str:
+    parts = mg.target(c.op).split(".")
+    t = parts[-2] if len(parts) >= 2 else parts[0]
     owner = mg.owner.get(c.op, "")
+    if alias is not None and owner and owner == _module_of(alias):
+        return t  # the parameter's own module: no name (keeps repeated blocks' rows equal)
     return f"{t} in {owner or '<root>'}"
 
 
@@ -203,7 +206,7 @@ def override(name: str, info: dict[str, Any], roles: dict[str, str] | None) -> d
         raise ConfigError(f"roles[{keys[0]!r}] = {role!r}: choose one of {', '.join(OVERRIDE_ROLES)}")
     fin, fout = _ROLE_FLAGS[role]
     new = dict(info) | {"role": role, "fan_in_width": fin, "fan_out_width": fout,
-                        "reason": f"override roles[{keys[0]!r}] (analysis: {info.get('role')}, {info.get('reason', '')})"}
+                        "reason": f"override roles[{keys[0]!r}] (analysis: {info.get('role')}: {info.get('reason', '')})"}
     new.pop("warning", None)
     if role == "readout" and not new.get("multiplier_at"):
         new["multiplier_at"] = INPUT + info.get("module", "")
