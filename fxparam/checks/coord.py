@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 import fxparam
-from fxparam.configs import AnyConfig, resolve_config
+from fxparam.configs import AnyConfig, required_fields_of, resolve_config
 from fxparam.errors import ConfigError
 from fxparam.lowering import sdpa
 
@@ -274,10 +274,37 @@ class CoordCheck(BaseModel):
 
     # ---------------------------------------------------------------- output
 
+    def to_csv(self, path: str) -> str:
+        """Write one row per record (width, depth, seed, step, key, kind, rms, delta); returns the path."""
+        import csv
+
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(Record.model_fields))
+            w.writeheader()
+            for r in self.records:
+                w.writerow(r.model_dump())
+        return path
+
+    def to_frame(self) -> Any:
+        """The records as a pandas DataFrame (one row per record).
+
+        Raises:
+            ConfigError: pandas is not installed (``pip install pandas``).
+        """
+        return _frame([r.model_dump() for r in self.records])
+
     def plot(self, path: str, *, axis: Axis = "width", stat: Stat = "rms") -> str:
         from fxparam.checks.coord_plot import plot_coord_check
 
         return plot_coord_check(self, path, axis=axis, stat=stat)
+
+
+def _frame(rows: list[dict[str, Any]]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ConfigError("a DataFrame needs pandas: pip install pandas (or use to_csv / the JSON)") from None
+    return pd.DataFrame(rows)
 
 
 def format_slopes(slopes: Sequence[Slope], bands: dict[str, Band], axis: str) -> str:
@@ -387,7 +414,13 @@ class _Recorder:
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Next-token cross-entropy for models returning logits, (logits, ...) or an HF output."""
     x, y = batch
-    out = model(x)
+    try:
+        out = model(x)
+    except IndexError as exc:  # an embedding lookup past the table: the data's ids do not fit the model
+        raise ConfigError(
+            f"lm_loss: the model failed on token ids up to {int(x.max())} ({exc}): they are outside the model's "
+            "vocabulary; build it with a vocabulary that covers the data (--vocab, or --tokenizer for text)"
+        ) from exc
     logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
     if logits.shape[:2] != y.shape:
         raise ConfigError(
@@ -464,10 +497,10 @@ def coord_check(
     cfg_name = config if isinstance(config, str) or config is None else type(config).__name__
     kwargs = dict(config_kwargs)
     if isinstance(config, str):
-        names = config.split("+")
-        if any(n in ("mup", "completep") for n in names):
+        needs = required_fields_of(config)  # what the named configs cannot default (fxparam.configs)
+        if "base_width" in needs:
             kwargs.setdefault("base_width", widths[0])
-        if any(n in ("completep", "depthscaled") for n in names) and "base_depth" not in kwargs:
+        if "base_depth" in needs and "base_depth" not in kwargs:
             if depth_list[0] is not None:
                 kwargs["base_depth"] = depth_list[0]
             else:  # no depth sweep: the model's own depth is the base (m_L = 1)

@@ -137,7 +137,7 @@ def load_tokens(path: str | Path | None = None, *, tokenizer: Any = None) -> tor
             arr = np.load(p, mmap_mode="r")
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
                 raise ConfigError(f"--data {path}: a .npy token file holds a 1-D integer array, got {arr.dtype} {arr.shape}")
-            tokens = torch.from_numpy(np.asarray(arr, dtype=np.int64))
+            tokens = torch.from_numpy(np.array(arr, dtype=np.int64))
         elif p.suffix == ".bin":
             import numpy as np
 

@@ -336,6 +336,16 @@ class TransferResult(BaseModel):
                 w.writerow(p.model_dump())
         return os.fspath(path)
 
+    def to_frame(self) -> Any:
+        """One row per run as a pandas DataFrame (columns of :class:`TransferPoint`).
+
+        Raises:
+            ConfigError: pandas is not installed (``pip install pandas``).
+        """
+        from fxparam.checks.coord import _frame
+
+        return _frame([p.model_dump() for p in self.points])
+
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write settings, runs, optima and shifts as JSON; returns the path."""
         data = json.loads(self.model_dump_json())
@@ -853,13 +863,9 @@ def check_device(device: str, dtype: str) -> None:
 
 
 def _base_kwargs(param: str, base_width: int, base_depth: int) -> dict[str, int]:
-    names = [n.strip().lower() for n in param.split("+")]
-    kwargs = {}
-    if any(n in ("mup", "completep") for n in names):
-        kwargs["base_width"] = base_width
-    if any(n in ("completep", "depthscaled") for n in names):
-        kwargs["base_depth"] = base_depth
-    return kwargs
+    from fxparam.configs import base_kwargs  # the configs say which base fields they need
+
+    return base_kwargs(param, base_width=base_width, base_depth=base_depth)
 
 
 def _cost(settings: TransferSettings, size: int) -> float:

@@ -130,12 +130,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="optimizer of the steps (default adam; muon: Muon on hidden matrices + AdamW, docs/muon.md)",
     )
     p.add_argument(
-        "--optimizer",
-        choices=sorted(OPTIMIZERS),
-        default="adam",
-        help="optimizer of the steps (default adam; muon: Muon on hidden matrices + AdamW, docs/muon.md)",
-    )
-    p.add_argument(
         "--seeds",
         type=positive_int,
         default=3,
@@ -192,38 +186,18 @@ def optimizer_class(name: str) -> type:
     return cls
 
 
-#: ``--optimizer`` choices: names of torch.optim classes (fxparam.optimizer applies each one's rules).
-OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "muon": "Muon"}
-
-
-def optimizer_class(name: str) -> type:
-    """The torch optimizer class for an ``--optimizer`` name."""
-    import torch
-
-    cls = getattr(torch.optim, OPTIMIZERS[name], None)
-    if cls is None:
-        raise ConfigError(f"--optimizer {name}: torch.optim.{OPTIMIZERS[name]} is not in this torch ({torch.__version__})")
-    return cls
-
-
 def base_kwargs(param: str, base_width: int, base_depth: int) -> dict[str, int]:
-    """Config fields a named parameterization needs: ``base_width`` / ``base_depth``."""
-    names = param.split("+")
-    kwargs = {}
-    if any(n in ("mup", "completep") for n in names):
-        kwargs["base_width"] = base_width
-    if any(n in ("completep", "depthscaled") for n in names):
-        kwargs["base_depth"] = base_depth
-    return kwargs
+    """Config fields a named parameterization needs: ``base_width`` / ``base_depth`` (read from the configs)."""
+    from fxparam.configs import base_kwargs as needed
+
+    return needed(param, base_width=base_width, base_depth=base_depth)
 
 
 def expects(param: str) -> dict[str, bool]:
-    """Which sweeps a parameterization should be invariant under."""
-    names = param.split("+")
-    return {
-        "width": any(n in ("mup", "completep") for n in names),
-        "depth": any(n in ("completep", "depthscaled") for n in names),
-    }
+    """Which sweeps a parameterization should be invariant under (read from the configs)."""
+    from fxparam.configs import invariant_axes
+
+    return invariant_axes(param)
 
 
 def label(param: str) -> str:
@@ -253,7 +227,6 @@ def _coord_task(task: dict[str, Any]) -> list[Any]:
         lr=task["lr"],
         seeds=task["seeds"],
         optimizer=optimizer_class(task.get("optimizer", "adam")),
-        optimizer=optimizer_class(task.get("optimizer", "adam")),
         data=task["data"],
         device=task["device"],
         dtype=getattr(torch, task["dtype"]),
@@ -274,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
     # model options reach every kind of model (or are refused by it): never dropped
     options = {**GPT_DEFAULTS, **gpt_options(args)} if kind == "gpt" else gpt_options(args)
     seq_len = options.get("seq_len", args.seq_len or 32)
+    if kind == "user":
+        options.pop("seq_len", None)  # the batch length; a factory's own positions are its business
     tokens = load_tokens(args.data, tokenizer=args.tokenizer)
     vocab = data_vocab(args, tokens)
     if vocab is not None and "vocab" not in options and kind != "user":
@@ -328,7 +303,6 @@ def run(args: argparse.Namespace) -> int:
             "depth": d,
             "steps": args.steps,
             "lr": args.lr,
-            "optimizer": args.optimizer,
             "optimizer": args.optimizer,
             "seeds": seeds,
             "data": data,
@@ -393,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
         + (f"; depths {_span(depths)} at width {depth_width}" if depth_sweep else "")
         + f"; base width {base_width}"
         + (f", base depth {base_depth}" if base_depth else "")
-        + f"; {args.steps} Adam steps, lr {args.lr:g}, {len(seeds)} seed(s), batch {BATCH_SIZE}x{seq_len} bytes"
+        + f"; {args.steps} Adam steps, lr {args.lr:g}, {len(seeds)} seed(s), batch {BATCH_SIZE}x{seq_len} {'bytes' if vocab is None else 'tokens'}"
     )
     text = "\n".join(
         [
@@ -426,7 +400,6 @@ def run(args: argparse.Namespace) -> int:
             "base_depth": base_depth,
             "steps": args.steps,
             "lr": args.lr,
-            "optimizer": args.optimizer,
             "optimizer": args.optimizer,
             "seeds": seeds,
             "batch": [BATCH_SIZE, seq_len],

@@ -129,8 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     # model options reach every kind of model (hf: config fields, factories: keyword arguments) or are refused
     options = {**GPT_OPTIONS, **gpt_options(args)} if args.model == "gpt" else gpt_options(args)
     seq_len = options.pop("seq_len", None) or 64
-    if args.model != "gpt" and args.seq_len is not None:
-        options["seq_len"] = seq_len  # also the model's own position table
+    if args.model.startswith("hf:") and args.seq_len is not None:
+        options["seq_len"] = seq_len  # also the model's own position table (a factory gets batches of it)
     return {
         "model": args.model,
         "model_options": options,
