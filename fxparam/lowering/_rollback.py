@@ -17,8 +17,9 @@ mutation and restores it on any exception:
 - fxparam's process-wide optimizer-check tables (``fxparam.plan.PLANNED_PARAMS`` /
   ``PLANNED_LR_MULT``) for the model's Parameters.
 
-Cost: one clone of every non-meta parameter and buffer while the lowering runs (the
-values are restored from it); meta-device models cost nothing.
+Cost: one host-memory copy of every non-meta parameter and buffer while the lowering runs
+(only when it writes values: ``init=True`` or SμPar masks), from which the values are
+restored; accelerator memory is not used for it, and meta-device models cost nothing.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ class Snapshot:
                     continue
                 seen.add(id(t))
                 saved = None
-                if values and t.device.type != "meta":
-                    saved = t.detach().clone()
+                if values and t.device.type != "meta":  # accelerator tensors are kept in host memory
+                    saved = t.detach().to("cpu", copy=True)
                 hooks = getattr(t, "_backward_hooks", None)
                 self.tensors.append((t, saved, t.requires_grad, None if hooks is None else dict(hooks)))
         from fxparam.plan import PLANNED_PARAMS
@@ -92,9 +93,9 @@ class Snapshot:
         from fxparam.plan import PLANNED_LR_MULT, PLANNED_PARAMS
 
         for t, saved, requires_grad, hooks in self.tensors:
-            if saved is not None and (t.shape != saved.shape or not torch.equal(t.detach(), saved)):
+            if saved is not None and (t.shape != saved.shape or not torch.equal(t.detach().cpu(), saved)):
                 if t.shape != saved.shape:
-                    t.data = saved
+                    t.data = saved.to(t.device)
                 else:
                     t.detach().copy_(saved)
             if t.requires_grad != requires_grad:
