@@ -7,12 +7,7 @@ the 32-layer inspect should cost about the same as the 2-layer one.
 
 from __future__ import annotations
 
-import json
-import platform
-import time
-from pathlib import Path
-
-import torch
+from _common import best_of, machine, write_result
 
 import fxparam
 from fxparam.models.hf import hf_model
@@ -22,13 +17,8 @@ SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32
 
 
 def timed_inspect(layers: int, repeats: int = 3) -> tuple[float, fxparam.Analysis]:
-    best, analysis = float("inf"), None
-    for _ in range(repeats):
-        model = hf_model("llama", device="meta", num_hidden_layers=layers, **SEVEN_B)
-        start = time.perf_counter()
-        analysis = fxparam.inspect(model)
-        best = min(best, time.perf_counter() - start)
-    return best, analysis
+    model = hf_model("llama", device="meta", num_hidden_layers=layers, **SEVEN_B)
+    return best_of(lambda: fxparam.inspect(model), repeats)
 
 
 def main() -> None:
@@ -37,8 +27,7 @@ def main() -> None:
     t32, a32 = timed_inspect(32)
     assert a32.depth == 32 and a2.depth == 2
     result = {
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
+        **machine(),
         "inspect_2_layers_s": round(t2, 3),
         "inspect_32_layers_s": round(t32, 3),
         "ratio_32_over_2": round(t32 / t2, 2),
@@ -46,9 +35,7 @@ def main() -> None:
     }
     print(f"inspect Llama-7B-sized, 2 layers : {t2:.3f} s")
     print(f"inspect Llama-7B-sized, 32 layers: {t32:.3f} s  (ratio {t32 / t2:.2f}x for 16x the depth)")
-    out = Path(__file__).parent / "results" / "inspect_time.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("inspect_time", result)
 
 
 if __name__ == "__main__":

@@ -25,24 +25,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.nn as nn
+from _common import machine, write_result
 
 import fxparam
 import fxparam.lowering.compile
 from fxparam.api import compile as fx_compile
-from fxparam.lowering.eager import unwrap
 from fxparam.models import GPT, GPTConfig
+from fxparam.plan import unwrap
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CFG = GPTConfig(width=256, depth=4, head_dim=32, seq_len=128)
 PLAN = {"base_width": 64, "base_depth": 2}
 BATCH, SEQ = 8, 128
@@ -124,10 +121,10 @@ def main() -> None:
         "compiled_backend_over_compiled_plain": med_wall.get("compiled_backend", 0) / med_wall.get("compiled_plain", 1),
     }.items() if v}
 
+    host = machine()
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, "
-                   f"load average {os.getloadavg()[0]:.1f} at the end",
-        "torch": torch.__version__,
+        **host,
+        "machine": f"{host['machine']}, load average {os.getloadavg()[0]:.1f} at the end",
         "model": f"GPT width {CFG.width}, depth {CFG.depth}, head_dim {CFG.head_dim}, batch {BATCH}x{SEQ}, "
                  f"CompleteP base_width {PLAN['base_width']} base_depth {PLAN['base_depth']}",
         "step": "forward + cross-entropy + backward + AdamW step (same param groups everywhere)",
@@ -152,9 +149,7 @@ def main() -> None:
     for name, r in result["ratios"].items():
         print(f"{name:>37}: {r:.4f} (wall {result['wall_ratios'].get(name, float('nan')):.4f})")
     if not args.quick:
-        out = RESULTS / "lowering_overhead.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_result("lowering_overhead", result)
 
 
 if __name__ == "__main__":

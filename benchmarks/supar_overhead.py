@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import machine, write_result
 
 import fxparam
 from fxparam.lowering.masks import masks_of
@@ -165,9 +165,7 @@ def main() -> None:
     kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), "
-        f"{torch.get_num_threads()} thread(s)",
-        "torch": torch.__version__,
+        **machine(capability=True),
         "model": f"reference GPT {cfg.width}x{cfg.depth}, seq {cfg.seq_len}, batch {args.batch}, AdamW + clip",
         "density": args.density,
         "measured_density": round(kept, 4),
@@ -187,10 +185,7 @@ def main() -> None:
     }
     result["transform_s_supar"] = round(t_transform, 3)
     print(json.dumps(result, indent=2))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("supar_overhead", result, path=args.out)
 
 
 if __name__ == "__main__":

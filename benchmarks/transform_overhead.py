@@ -7,13 +7,8 @@ benchmarks/results/transform_overhead.json.
 
 from __future__ import annotations
 
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
-
 import torch
+from _common import machine, median_ms, timed, write_result
 
 import fxparam
 from fxparam.models import GPT, GPTConfig
@@ -34,12 +29,13 @@ def make(transformed: bool):
 
 
 def step(model, opt, x) -> float:
-    start = time.perf_counter()
-    _, loss = model(x, x)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    def run() -> None:
+        _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return timed(run)[0]
 
 
 def main() -> None:
@@ -52,22 +48,20 @@ def main() -> None:
             t = step(model, opt, x)
             if i >= WARMUP:
                 times[name].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: median_ms(v) for k, v in times.items()}
     ratio = med["transformed"] / med["plain"]
     result = {
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        **machine(),
         "model": f"GPT width {CFG.width}, depth {CFG.depth}, batch {BATCH}x{SEQ}",
-        "plain_step_ms": round(1000 * med["plain"], 2),
-        "transformed_step_ms": round(1000 * med["transformed"], 2),
+        "plain_step_ms": med["plain"],
+        "transformed_step_ms": med["transformed"],
         "ratio": round(ratio, 3),
         "target": "<= 1.03",
     }
-    print(f"plain step       : {1000 * med['plain']:.1f} ms")
-    print(f"CompleteP step   : {1000 * med['transformed']:.1f} ms")
+    print(f"plain step       : {med['plain']:.1f} ms")
+    print(f"CompleteP step   : {med['transformed']:.1f} ms")
     print(f"ratio            : {ratio:.3f}  (target <= 1.03)")
-    out = Path(__file__).parent / "results" / "transform_overhead.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result("transform_overhead", result)
 
 
 if __name__ == "__main__":

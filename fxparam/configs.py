@@ -2,23 +2,74 @@
 
 A string such as ``"completep"`` is only a name for a default config; ``"a+b"``
 composes.  Every field is validated with a message that says what to do.
+
+Each config class says what it needs, and everything else is derived from it: defining a
+subclass of :class:`ParamConfig` with a ``kind: Literal["<name>"]`` field registers the
+name shortcut (``fxparam.transform(model, "<name>")``, the CLI's ``--param`` choices,
+:func:`config_names`); its required fields are the base keywords a sweep must supply
+(:func:`base_kwargs`); a ``base_width`` / ``base_depth`` field says it should be invariant
+in width / depth (:func:`invariant_axes`).  The recipe for a new parameterization (one
+config, one pass, one test file) is in ``docs/internals.md``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fxparam.errors import ConfigError
 
+#: Name shortcut -> config class, filled by the classes themselves (:meth:`_Config.__pydantic_init_subclass__`).
+_REGISTRY: dict[str, type[_Config]] = {}
+
 
 class _Config(BaseModel):
+    """Base of every config: frozen, validated, registered under its ``kind`` name.
+
+    Class attributes a config sets to say what it is (all derived uses read them):
+
+    - ``width_rule``: a width parameterization (SP, muP, ...): at most one per
+      composition, and its pass runs first;
+    - ``depth_rule``: applies the depth rule (residual branches x ``1/m_L**alpha``): at most
+      one per composition;
+    - ``named``: reachable by its ``kind`` name (False for :class:`Composed`).
+    """
+
     # allow_inf_nan=False: an inf multiplier or std is refused, not turned into NaN logits (issue 14)
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
+    width_rule: ClassVar[bool] = False
+    depth_rule: ClassVar[bool] = False
+    named: ClassVar[bool] = True
+
     version: int = Field(1, description="config schema version (for saved plans)")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls.named and cls.shortcut():
+            register_config(cls)
+
+    @classmethod
+    def shortcut(cls) -> str | None:
+        """The name of this config (its ``kind`` field's default), or None when it has none."""
+        kind = cls.model_fields.get("kind")
+        return kind.default if kind is not None and isinstance(kind.default, str) else None
+
+    @classmethod
+    def required_fields(cls) -> tuple[str, ...]:
+        """Fields without a default (``base_width``, ``base_depth``, ``density``...): what a caller must give."""
+        return tuple(name for name, f in cls.model_fields.items() if f.is_required())
 
     @model_validator(mode="before")
     @classmethod
@@ -42,11 +93,111 @@ class _Config(BaseModel):
         return type(self).__name__.lower()
 
 
+#: Public name of the config base class (subclass it to add a parameterization).
+ParamConfig = _Config
+
+
+def register_config(cls: type[_Config]) -> type[_Config]:
+    """Register ``cls`` under its ``kind`` name (done automatically when a config class is defined).
+
+    Returns:
+        ``cls``.
+
+    Raises:
+        ConfigError: ``cls`` has no ``kind`` default, or another class already has that name.
+    """
+    name = cls.shortcut()
+    if not name:
+        raise ConfigError(f"{cls.__name__} has no kind: give it a field kind: Literal['<name>'] = '<name>'")
+    other = _REGISTRY.get(name)
+    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ConfigError(
+            f"two configs are named {name!r}: {other.__module__}.{other.__qualname__} and "
+            f"{cls.__module__}.{cls.__qualname__}; give the new one another kind"
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def unregister_config(cls: type[_Config]) -> None:
+    """Remove ``cls``'s name shortcut (tests that register a toy parameterization clean up with it)."""
+    name = cls.shortcut()
+    if name is not None and _REGISTRY.get(name) is cls:
+        del _REGISTRY[name]
+
+
+def config_names() -> list[str]:
+    """Every registered name shortcut, sorted (the CLI's ``--param`` choices)."""
+    return sorted(_REGISTRY)
+
+
+def config_class(name: str) -> type[_Config]:
+    """The config class registered as ``name``.
+
+    Raises:
+        ConfigError: no config has that name (the message lists the choices).
+    """
+    cls = _REGISTRY.get(name.strip().lower())
+    if cls is None:
+        raise ConfigError(f"unknown parameterization {name!r}; choose from {config_names()} (join with '+')")
+    return cls
+
+
+def _classes(config: str) -> list[type[_Config]]:
+    return [config_class(n) for n in config.split("+") if n.strip()]
+
+
+def required_fields_of(config: str) -> set[str]:
+    """The fields the named config(s) cannot default (``"completep"`` -> ``{"base_width", "base_depth"}``).
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    return {f for cls in _classes(config) for f in cls.required_fields()}
+
+
+def base_kwargs(config: str, **available: Any) -> dict[str, Any]:
+    """The required fields of the named config(s), taken from ``available``.
+
+    Example:
+        >>> base_kwargs("completep+supar", base_width=64, base_depth=2, density=0.5)
+        {'base_width': 64, 'base_depth': 2, 'density': 0.5}
+        >>> base_kwargs("sp", base_width=64)
+        {}
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    out: dict[str, Any] = {}
+    for cls in _classes(config):
+        out.update({f: available[f] for f in cls.required_fields() if f in available})
+    return out
+
+
+def invariant_axes(config: str) -> dict[str, bool]:
+    """Whether the named config(s) should make training invariant in width / depth.
+
+    A config with a ``base_width`` field is a width parameterization (muP-like); one with a
+    ``base_depth`` field a depth parameterization.  SP has neither: the negative control.
+
+    Example:
+        >>> invariant_axes("mup"), invariant_axes("completep"), invariant_axes("sp")
+        ({'width': True, 'depth': False}, {'width': True, 'depth': True}, {'width': False, 'depth': False})
+    """
+    classes = _classes(config)
+    return {
+        "width": any("base_width" in c.model_fields for c in classes),
+        "depth": any("base_depth" in c.model_fields for c in classes),
+    }
+
+
 class SP(_Config):
     """Standard parameterization: one init std for every weight, no multipliers, one LR.
 
     The baseline, and the negative control of every invariance test.
     """
+
+    width_rule: ClassVar[bool] = True
 
     kind: Literal["sp"] = "sp"
     init_std: float = Field(0.02, gt=0, description="std of every weight matrix and embedding (sigma)")
@@ -59,6 +210,8 @@ class MuP(_Config):
         >>> MuP(base_width=256).embedding_multiplier
         1.0
     """
+
+    width_rule: ClassVar[bool] = True
 
     kind: Literal["mup"] = "mup"
     base_width: int = Field(..., gt=0, description="width d_base the base hyperparameters were tuned at")
@@ -93,6 +246,8 @@ class CompleteP(MuP):
     alpha = 1 (default) is CompleteP, alpha = 0.5 is "depth-muP".
     """
 
+    depth_rule: ClassVar[bool] = True
+
     kind: Literal["completep"] = "completep"  # type: ignore[assignment]
     base_depth: int = Field(..., gt=0, description="number of residual blocks L_base of the tuned base model")
     alpha: float = Field(1.0, ge=0.5, le=1.0, description="depth exponent alpha in [0.5, 1]")
@@ -100,6 +255,8 @@ class CompleteP(MuP):
 
 class DepthScaled(_Config):
     """Only the depth part: residual branches multiplied by ``1 / m_L**alpha``; widths untouched."""
+
+    depth_rule: ClassVar[bool] = True
 
     kind: Literal["depthscaled"] = "depthscaled"
     base_depth: int = Field(..., gt=0)
@@ -168,21 +325,42 @@ class GNS(_Config):
     kind: Literal["gns"] = "gns"
 
 
+#: The built-in configs (static typing; at run time any registered config composes).
 BaseConfig = Annotated[SP | MuP | CompleteP | DepthScaled | SuPar | GNS, Field(discriminator="kind")]
 
 
 class Composed(_Config):
     """Several configs applied in order (at most one width parameterization)."""
 
+    named: ClassVar[bool] = False
+
     kind: Literal["composed"] = "composed"
-    configs: list[BaseConfig]
+    configs: list[SerializeAsAny[_Config]]
+
+    @field_validator("configs", mode="before")
+    @classmethod
+    def _by_kind(cls, v: Any) -> Any:
+        """Saved configs (dicts) are rebuilt by their ``kind`` through the registry."""
+        if not isinstance(v, (list, tuple)):
+            return v
+        out = []
+        for item in v:
+            if isinstance(item, dict):
+                kind = item.get("kind")
+                if not isinstance(kind, str) or kind not in _REGISTRY:
+                    raise ValueError(f"unknown config kind {kind!r}; choose from {config_names()}")
+                item = _REGISTRY[kind](**item)
+            elif not isinstance(item, _Config) or isinstance(item, Composed):
+                raise ValueError(f"compose configs, not {type(item).__name__}")
+            out.append(item)
+        return out
 
     @model_validator(mode="after")
     def _one_base(self) -> Composed:
-        bases = [c for c in self.configs if isinstance(c, (SP, MuP))]
+        bases = [c for c in self.configs if c.width_rule]
         if len(bases) > 1:
             raise ValueError(f"compose at most one of SP/MuP/CompleteP, got {[c.kind for c in bases]}")
-        depth = [c.kind for c in self.configs if isinstance(c, (CompleteP, DepthScaled))]
+        depth = [c.kind for c in self.configs if c.depth_rule]
         if len(depth) > 1:
             raise ValueError(
                 f"{'+'.join(depth)} applies the depth rule (residual branches x 1/m_L^alpha) twice: CompleteP "
@@ -198,14 +376,7 @@ class Composed(_Config):
 
 AnyConfig = SP | MuP | CompleteP | DepthScaled | SuPar | GNS | Composed
 
-_SHORTCUTS: dict[str, type[_Config]] = {
-    "sp": SP,
-    "mup": MuP,
-    "completep": CompleteP,
-    "depthscaled": DepthScaled,
-    "supar": SuPar,
-    "gns": GNS,
-}
+_SHORTCUTS = _REGISTRY  # 0.1 name: the registry itself (filled by the config classes)
 
 
 def _build(cls: type[_Config], kwargs: dict[str, Any]) -> _Config:
@@ -259,13 +430,10 @@ def resolve_config(config: str | AnyConfig, **kwargs: Any) -> AnyConfig:
     names = [n.strip().lower() for n in config.split("+") if n.strip()]
     if not names:
         raise ConfigError("empty config name; use e.g. 'mup', 'completep' or 'completep+supar'")
-    unknown = [n for n in names if n not in _SHORTCUTS]
-    if unknown:
-        raise ConfigError(f"unknown parameterization {unknown[0]!r}; choose from {sorted(_SHORTCUTS)} (join with '+')")
     used: set[str] = set()
     built = []
     for n in names:
-        cls = _SHORTCUTS[n]
+        cls = config_class(n)
         used |= set(kwargs) & set(cls.model_fields)
         built.append(_build(cls, kwargs))
     stray = set(kwargs) - used
@@ -275,11 +443,20 @@ def resolve_config(config: str | AnyConfig, **kwargs: Any) -> AnyConfig:
 
 
 def config_from_json(data: str | dict) -> AnyConfig:
-    """Rebuild a config saved in a plan."""
-    from pydantic import TypeAdapter
+    """Rebuild a config saved in a plan (any registered kind, or a composition of them).
 
-    adapter = TypeAdapter(Annotated[AnyConfig, Field(discriminator="kind")])
+    Raises:
+        ConfigError: not a config, an unknown kind, or invalid fields.
+    """
+    import json
+
     try:
-        return adapter.validate_json(data) if isinstance(data, str) else adapter.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(_explain("saved", exc)) from None
+        obj = json.loads(data) if isinstance(data, str) else data
+    except ValueError as exc:
+        raise ConfigError(f"invalid saved config: not JSON ({exc})") from None
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if kind == "composed":
+        return Composed(**{k: v for k, v in obj.items() if k != "kind"})
+    if not isinstance(kind, str) or kind not in _REGISTRY:
+        raise ConfigError(f"invalid saved config: unknown kind {kind!r}; choose from {config_names()}")
+    return _REGISTRY[kind](**obj)  # type: ignore[return-value]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fxparam.errors import LoweringError, PlanError
 
@@ -78,6 +78,19 @@ class MaskPlan(_Rec):
     store: bool = False
 
 
+#: The schema version this fxparam writes (``Plan.version``).  Version 1 kept the readout-input
+#: multipliers in ``multipliers`` under keys ``"input:<fqn>"``; :meth:`Plan.from_json` upgrades it.
+PLAN_VERSION = 2
+#: Key prefix of an input multiplier in version-1 plans and in the read-only
+#: :attr:`Plan.multipliers` view (never parsed by the lowerings).
+LEGACY_INPUT_PREFIX = "input:"
+
+
+def input_site(module: str) -> str:
+    """Label of ``module``'s input multiplier in reports (:meth:`Plan.forward_sites`)."""
+    return f"{module} (input)"
+
+
 class Plan(_Rec):
     """A complete, JSON-serialisable description of a transform.
 
@@ -86,8 +99,10 @@ class Plan(_Rec):
         width, base_width, m_d: model width, base width and their ratio.
         depth, base_depth, m_L: number of residual blocks, base depth, ratio.
         params: per-parameter plan, for every FQN (tied aliases included).
-        multipliers: forward multiplier applied to each module's output (embedding
-            alpha_in, readout alpha_out/m_d, residual branches 1/m_L^alpha; combined).
+        output_multipliers: module FQN -> factor on the module's output (embedding alpha_in,
+            residual branches 1/m_L^alpha; factors on one module combined by product).
+        input_multipliers: module FQN -> factor on the module's (first) input (readout
+            alpha_out/m_d, applied to the readout's input as microsoft/mup's ``MuReadout``).
         attention: per attention module, the new logit scale.
         masks: per masked parameter FQN (SμPar).
         norm_swaps: norm modules replaced by fused per-example-gradient versions (GNS).
@@ -97,7 +112,7 @@ class Plan(_Rec):
             width); empty for hand-made plans (not checked).
     """
 
-    version: int = 1
+    version: int = PLAN_VERSION
     fxparam_version: str = ""
     passes: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -110,18 +125,60 @@ class Plan(_Rec):
     m_L: float = 1.0
     alpha: float | None = None
     params: dict[str, ParamPlan] = Field(default_factory=dict)
-    multipliers: dict[str, float] = Field(default_factory=dict)
+    output_multipliers: dict[str, float] = Field(default_factory=dict)
+    input_multipliers: dict[str, float] = Field(default_factory=dict)
     attention: dict[str, AttentionPlan] = Field(default_factory=dict)
     masks: dict[str, MaskPlan] = Field(default_factory=dict)
     norm_swaps: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     model_shapes: dict[str, list[int]] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Version 1 -> 2: split ``multipliers`` (``"input:<fqn>"`` keys) into the two typed tables."""
+        if not isinstance(data, dict):
+            return data
+        version = data.get("version", PLAN_VERSION if "multipliers" not in data else 1)
+        if isinstance(version, int) and version > PLAN_VERSION:
+            raise ValueError(
+                f"plan version {version} is newer than this fxparam reads ({PLAN_VERSION}): upgrade fxparam"
+            )
+        if "multipliers" not in data and version == PLAN_VERSION:
+            return data
+        data = dict(data)
+        outputs = dict(data.get("output_multipliers") or {})
+        inputs = dict(data.get("input_multipliers") or {})
+        for key, factor in (data.pop("multipliers", None) or {}).items():
+            if key.startswith(LEGACY_INPUT_PREFIX):
+                inputs[key[len(LEGACY_INPUT_PREFIX):]] = factor
+            else:
+                outputs[key] = factor
+        data.update(version=PLAN_VERSION, output_multipliers=outputs, input_multipliers=inputs)
+        return data
+
+    @property
+    def multipliers(self) -> dict[str, float]:
+        """Read-only version-1 view of both tables: output factors by FQN, input factors by ``"input:<fqn>"``.
+
+        Kept for readers of 0.1 plans; write with :meth:`multiply`, read
+        :attr:`output_multipliers` / :attr:`input_multipliers`.
+        """
+        view = dict(self.output_multipliers)
+        view.update({LEGACY_INPUT_PREFIX + k: v for k, v in self.input_multipliers.items()})
+        return view
+
     def to_json(self) -> str:
+        """The plan as indented JSON (the current :data:`PLAN_VERSION` schema)."""
         return self.model_dump_json(indent=2)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Plan:
+        """Load a plan saved by :meth:`to_json`; version-1 JSON is upgraded to version 2.
+
+        Raises:
+            PlanError: not a valid plan (or a version newer than this fxparam).
+        """
         try:
             return cls.model_validate_json(text)
         except Exception as exc:  # noqa: BLE001
@@ -132,9 +189,27 @@ class Plan(_Rec):
         data = json.dumps(self.model_dump(), sort_keys=True).encode()
         return hashlib.sha256(data).hexdigest()[:16]
 
-    def multiply(self, module: str, factor: float) -> None:
+    def multiply(self, module: str, factor: float, *, on: Literal["output", "input"] = "output") -> None:
+        """Multiply ``module``'s output (or input) by ``factor``, on top of what is planned there.
+
+        Args:
+            module: the module FQN (a version-1 key ``"input:<fqn>"`` means ``on="input"``).
+            factor: the forward multiplier; 1.0 records nothing.
+            on: "output" (embedding, residual branch) or "input" (readout).
+        """
+        if module.startswith(LEGACY_INPUT_PREFIX):
+            module, on = module[len(LEGACY_INPUT_PREFIX):], "input"
         if factor != 1.0:
-            self.multipliers[module] = self.multipliers.get(module, 1.0) * factor
+            table = self.input_multipliers if on == "input" else self.output_multipliers
+            table[module] = table.get(module, 1.0) * factor
+
+    def multiplied_modules(self) -> set[str]:
+        """Every module FQN with a planned output or input multiplier."""
+        return set(self.output_multipliers) | set(self.input_multipliers)
+
+    def forward_sites(self) -> set[str]:
+        """Labels of every forward change: ``fqn`` (output multiplier, attention scale), ``"fqn (input)"``."""
+        return {*self.output_multipliers, *(input_site(m) for m in self.input_multipliers), *self.attention}
 
     def rules_for(self, fqn: str) -> ParamPlan:
         """The plan that governs ``fqn``'s tensor (a tied alias defers to its owner)."""
@@ -156,8 +231,9 @@ class Plan(_Rec):
         from fxparam._fold import fold_rows  # blocks.{0..23}.attn.q: one row per repeated parameter
 
         lines = [head, ""] + _table(fold_rows(rows), ["parameter", "role", "init", "lr", "wd", "eps", "density", "tied to"])
-        if self.multipliers:
-            folded = fold_rows([[m, f"{v:.4g}"] for m, v in self.multipliers.items()])
+        if self.output_multipliers or self.input_multipliers:
+            folded = fold_rows([[m, f"{v:.4g}"] for m, v in self.output_multipliers.items()])
+            folded += fold_rows([[input_site(m), f"{v:.4g}"] for m, v in self.input_multipliers.items()])
             lines += ["", "forward multipliers:"] + [f"  {m}: x{v}" for m, v in folded]
         if self.attention:
             first = next(iter(self.attention.items()))

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch.nn as nn
 
-from fxparam.configs import AnyConfig
 from fxparam.checks.coord import (
     CONTROL_THRESHOLD,
     DEPTH_BANDS,
@@ -41,6 +40,7 @@ from fxparam.checks.coord import (
     Verdict,
     coord_check,
 )
+from fxparam.configs import AnyConfig
 from fxparam.errors import ConfigError
 
 #: Default learning rate of the helpers' checks: high enough that SP's blow-up shows within
@@ -70,6 +70,19 @@ def _report(what: str, config: str | AnyConfig | None, cc: CoordCheck, verdict: 
     else:
         lines += ["", table]
     return "\n".join(lines)
+
+
+def _require_distinct(who: str, axis: Axis, sizes: Sequence[int]) -> None:
+    if len(set(sizes)) < 2:
+        raise ConfigError(f"{who}: need at least two distinct {axis}s, got {list(sizes)}")
+
+
+def _sweep(make_model: Callable[..., nn.Module], axis: Axis, *, widths: Sequence[int], depths: Sequence[int],
+           width: int | None, depth: int | None, kwargs: dict[str, Any]) -> CoordCheck:
+    """The coordinate check of one sweep: widths at ``depth``, or depths at ``width``."""
+    if axis == "width":
+        return coord_check(make_model, widths=widths, depths=None if depth is None else [depth], **kwargs)
+    return coord_check(make_model, widths=[width], depths=depths, **kwargs)
 
 
 def assert_width_invariant(
@@ -113,18 +126,9 @@ def assert_width_invariant(
         >>> make = lambda width: GPT(GPTConfig(width=width, depth=2, head_dim=16, seq_len=32))
         >>> cc = assert_width_invariant(make, "mup", widths=[32, 64, 128], steps=2, seeds=[0])
     """
-    if len(set(widths)) < 2:
-        raise ConfigError(f"assert_width_invariant: need at least two distinct widths, got {list(widths)}")
-    cc = coord_check(
-        make_model,
-        widths=widths,
-        depths=None if depth is None else [depth],
-        config=config,
-        steps=steps,
-        lr=lr,
-        seeds=seeds,
-        **kwargs,
-    )
+    _require_distinct("assert_width_invariant", "width", widths)
+    cc = _sweep(make_model, "width", widths=widths, depths=(), width=None, depth=depth,
+                kwargs=dict(config=config, steps=steps, lr=lr, seeds=seeds, **kwargs))
     verdict = cc.verdict("width", bands=bands or WIDTH_BANDS, stat=stat)
     if not verdict.invariant:
         raise AssertionError(_report("width", config, cc, verdict, "width"))
@@ -176,15 +180,13 @@ def assert_depth_invariant(
         >>> make = lambda width, depth: GPT(GPTConfig(width=width, depth=depth, head_dim=16, seq_len=32))
         >>> cc = assert_depth_invariant(make, "completep", depths=[2, 4, 8], width=64, base_width=32)
     """
-    if len(set(depths)) < 2:
-        raise ConfigError(f"assert_depth_invariant: need at least two distinct depths, got {list(depths)}")
+    _require_distinct("assert_depth_invariant", "depth", depths)
     if steps < min_step:
         raise ConfigError(
             f"assert_depth_invariant: steps={steps} < min_step={min_step}: nothing would be judged"
         )
-    cc = coord_check(
-        make_model, widths=[width], depths=depths, config=config, steps=steps, lr=lr, seeds=seeds, **kwargs
-    )
+    cc = _sweep(make_model, "depth", widths=(), depths=depths, width=width, depth=None,
+                kwargs=dict(config=config, steps=steps, lr=lr, seeds=seeds, **kwargs))
     verdict = cc.verdict("depth", bands=bands or DEPTH_BANDS, min_step=min_step, stat=stat)
     if not verdict.invariant:
         raise AssertionError(_report("depth", config, cc, verdict, "depth"))
@@ -237,31 +239,12 @@ def assert_not_invariant(
         >>> cc = assert_not_invariant(make, "sp", widths=[32, 64, 128], steps=2, seeds=[0])
     """
     if axis == "width":
-        if len(set(widths)) < 2:
-            raise ConfigError(f"assert_not_invariant: need at least two distinct widths, got {list(widths)}")
-        cc = coord_check(
-            make_model,
-            widths=widths,
-            depths=None if depth is None else [depth],
-            config=config,
-            steps=steps,
-            lr=lr,
-            seeds=seeds,
-            **kwargs,
-        )
-    else:
-        if width is None:
-            raise ConfigError("assert_not_invariant(axis='depth') needs width=...")
-        cc = coord_check(
-            make_model,
-            widths=[width],
-            depths=depths,
-            config=config,
-            steps=steps,
-            lr=lr,
-            seeds=seeds,
-            **kwargs,
-        )
+        _require_distinct("assert_not_invariant", "width", widths)
+    elif width is None:
+        raise ConfigError("assert_not_invariant(axis='depth') needs width=...")
+    cc = _sweep(make_model, axis, widths=widths, depths=depths, width=width, depth=depth,
+                kwargs=dict(config=config, steps=steps, lr=lr, seeds=seeds, **kwargs))
+    if axis != "width":
         kinds = kinds or ["residual"]
     slopes = [s for s in cc.slopes(axis) if s.step >= min_step and (kinds is None or s.kind in kinds)]
     worst = max(slopes, key=lambda s: s.slope, default=None)

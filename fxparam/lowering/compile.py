@@ -84,7 +84,7 @@ class PlanPass:
 
     Attributes:
         plan: the plan.
-        applied: plan keys (multipliers and attention sites) applied so far, over all
+        applied: plan sites (``Plan.forward_sites()`` labels) applied so far, over all
             graphs this pass has seen (one per region between graph breaks).
         rewrites: one :class:`~fxparam.lowering.graph.GraphRewrite` per graph rewritten.
 
@@ -151,9 +151,8 @@ class PlanPass:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def missing(self) -> list[str]:
-        """Plan keys not applied in any graph so far (call after the first compiled call)."""
-        keys = set(self.plan.attention) | set(self.plan.multipliers)
-        return sorted(keys - self.applied)
+        """Plan sites (``Plan.forward_sites()``) not applied in any graph so far (call after the first compiled call)."""
+        return sorted(self.plan.forward_sites() - self.applied)
 
     def __repr__(self) -> str:
         return f"PlanPass({self.plan.model_class} [{' -> '.join(self.plan.passes)}], {self.plan.fingerprint()})"

@@ -1,7 +1,8 @@
 """Eager lowering: apply a Plan to the module itself (the default).
 
 Validate everything first, then mutate: a failure leaves the model as it was.
-Parameters keep their identity, ``state_dict`` keys and order are unchanged (asserted),
+Parameters keep their identity, ``state_dict`` keys and order are unchanged (checked:
+:func:`check_promises` raises :class:`~fxparam.LoweringError`, also under ``python -O``),
 and the plan is recorded on the model (:func:`fxparam.plan.attach`) so the optimizer
 helpers find it.
 """
@@ -13,11 +14,10 @@ import torch.nn as nn
 
 from fxparam.errors import AlreadyTransformedError, LoweringError
 from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, scale_linear
-from fxparam.passes.width import INPUT
 from fxparam.plan import PLAN_ATTR, Plan, attach, plan_of, unwrap
 
 # PLAN_ATTR, plan_of and unwrap live in fxparam.plan; re-exported for 0.1 imports.
-__all__ = ["PLAN_ATTR", "lower_eager", "plan_of", "prepare_weights", "unwrap"]
+__all__ = ["PLAN_ATTR", "check_promises", "lower_eager", "plan_of", "prepare_weights", "unwrap"]
 
 def _validate(model: nn.Module, plan: Plan) -> None:
     if getattr(model, PLAN_ATTR, None) is not None:
@@ -53,8 +53,7 @@ def _validate(model: nn.Module, plan: Plan) -> None:
         )
     check_model_shapes(model, plan)  # same names, other shapes: another width or depth
     modules = dict(model.named_modules())
-    for key in plan.multipliers:
-        name = key[len(INPUT):] if key.startswith(INPUT) else key
+    for name in [*plan.output_multipliers, *plan.input_multipliers]:
         if name not in modules:
             raise LoweringError(f"the plan scales module {name!r}, which {type(model).__name__} does not have")
     for name, site in plan.attention.items():
@@ -119,7 +118,22 @@ def prepare_weights(model: nn.Module, plan: Plan, *, init: bool) -> None:
 
 
 def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module:
-    """Apply ``plan`` to ``model`` in place and return it."""
+    """Apply ``plan`` to ``model`` in place and return it.
+
+    Args:
+        model: the module (not transformed before).
+        plan: a plan built for this architecture.
+        init: re-initialise the weights per the plan.
+
+    Returns:
+        ``model`` itself, with the plan recorded on it (:func:`fxparam.plan.attach`).
+
+    Raises:
+        AlreadyTransformedError: ``model`` already carries a plan.
+        LoweringError: the plan does not match the model, a site cannot be scaled, or a
+            promise (state_dict keys, Parameter identity) would break (:func:`check_promises`).
+        GNSError: a planned norm swap is impossible.
+    """
     _validate(model, plan)
     keys_before = list(model.state_dict().keys())
     ids_before = [id(p) for p in model.parameters()]
@@ -138,16 +152,32 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
             sdpa.install()
             modules[name].register_forward_pre_hook(PushScale(site.scale))
             modules[name].register_forward_hook(PopScale(), always_call=True)
-    for key, factor in plan.multipliers.items():
-        if key.startswith(INPUT):
-            name = key[len(INPUT):]
-            if not scale_linear(modules[name], inp=factor):
-                modules[name].register_forward_pre_hook(InputScale(factor, name))
-        elif not scale_linear(modules[key], out=factor):
-            modules[key].register_forward_hook(OutputScale(factor, key))
+    for name, factor in plan.output_multipliers.items():
+        if not scale_linear(modules[name], out=factor):
+            modules[name].register_forward_hook(OutputScale(factor, name))
+    for name, factor in plan.input_multipliers.items():
+        if not scale_linear(modules[name], inp=factor):
+            modules[name].register_forward_pre_hook(InputScale(factor, name))
     prepare_weights(model, plan, init=init)
+    check_promises(model, plan, keys_before, ids_before)
     attach(model, plan)
+    return model
 
+
+def check_promises(model: nn.Module, plan: Plan, keys_before: list[str], ids_before: list[int]) -> None:
+    """The eager lowering's promises, checked after it ran (also under ``python -O``).
+
+    Args:
+        model: the lowered module.
+        plan: the plan applied to it.
+        keys_before: ``list(model.state_dict())`` before the lowering.
+        ids_before: ``[id(p) for p in model.parameters()]`` before the lowering.
+
+    Raises:
+        LoweringError: ``state_dict`` keys changed or were reordered (beyond the masks
+            ``SuPar(store_masks=True)`` stores), a stored mask is missing, or a Parameter
+            was replaced by another object (optimizers and checkpoints would lose it).
+    """
     # masks add state_dict keys only when stored (SuPar(store_masks=True)), and only those keys
     added: set[str] = set()
     if plan.masks:
@@ -155,7 +185,25 @@ def lower_eager(model: nn.Module, plan: Plan, *, init: bool = True) -> nn.Module
 
         added = set(stored_mask_keys(plan))
     keys_after = list(model.state_dict().keys())
-    assert [k for k in keys_after if k not in added] == keys_before, "fxparam changed state_dict keys"
-    assert set(keys_after) - set(keys_before) == added, "fxparam's stored masks are missing from state_dict"
-    assert [id(p) for p in model.parameters()] == ids_before, "fxparam replaced a Parameter"
-    return model
+    kept = [k for k in keys_after if k not in added]
+    where = type(model).__name__
+    if kept != keys_before:
+        changed = sorted(set(kept) ^ set(keys_before)) or ["(same keys, new order)"]
+        raise LoweringError(
+            f"fxparam's eager lowering changed the state_dict keys of {where}: {changed[:5]}. It promises the "
+            "keys and their order are unchanged (checkpoints must load both ways); this is a bug in fxparam or a "
+            "module that builds its state_dict from mutable attributes - report it, or use lowering='graph'."
+        )
+    missing = sorted(added - set(keys_after))
+    if missing:
+        raise LoweringError(
+            f"fxparam's stored SuPar masks are missing from {where}'s state_dict: {missing[:5]}. "
+            "Use SuPar(store_masks=False) (masks re-derived from (seed, FQN)) or report the model."
+        )
+    ids_after = [id(p) for p in model.parameters()]
+    if ids_after != ids_before:
+        names = [n for (n, p), old in zip(model.named_parameters(), ids_before, strict=False) if id(p) != old]
+        raise LoweringError(
+            f"fxparam's eager lowering replaced Parameter(s) of {where} ({names[:5] or 'count changed'}): it "
+            "promises every Parameter keeps its identity (an optimizer built before would train stale tensors)."
+        )

@@ -5,7 +5,7 @@ the runnable ``ep.module()`` and rewrites its graph:
 
 - module-output multipliers become ``mul`` nodes after the one tensor that leaves the
   module's nodes (found through ``nn_module_stack``), one per call of the module;
-- readout input multipliers (``"input:<fqn>"``) become ``mul`` nodes on the one
+- readout input multipliers (``Plan.input_multipliers``) become ``mul`` nodes on the one
   activation that enters the module (parameters and buffers are not activations);
 - attention logit scales are written into the ``scale`` keyword of the module's
   ``scaled_dot_product_attention`` nodes.
@@ -45,8 +45,7 @@ from torch.utils import _pytree as pytree
 
 from fxparam.capture import _split_inputs, clean_module_path, default_example_inputs
 from fxparam.errors import CaptureError, LoweringError
-from fxparam.passes.width import INPUT
-from fxparam.plan import Plan, attach
+from fxparam.plan import Plan, attach, input_site
 
 __all__ = [
     "GraphRewrite",
@@ -73,7 +72,7 @@ class GraphRewrite:
 
     Attributes:
         outputs: module FQN -> number of output ``mul`` nodes inserted (one per call).
-        inputs: ``"input:<fqn>"`` -> number of input ``mul`` nodes inserted.
+        inputs: module FQN -> number of input ``mul`` nodes inserted.
         attention: attention module FQN -> number of SDPA nodes whose ``scale`` was set.
     """
 
@@ -83,8 +82,8 @@ class GraphRewrite:
 
     @property
     def applied(self) -> set[str]:
-        """Plan keys (multipliers and attention sites) this rewrite applied."""
-        return set(self.outputs) | set(self.inputs) | set(self.attention)
+        """Plan sites this rewrite applied (labels as :meth:`fxparam.plan.Plan.forward_sites`)."""
+        return set(self.outputs) | {input_site(m) for m in self.inputs} | set(self.attention)
 
 
 def _value(node: fx.Node) -> Any:
@@ -339,14 +338,12 @@ def apply_plan_to_graph(graph: fx.Graph, plan: Plan, *, partial: bool = False) -
         >>> plan = fxparam.plan(model, "completep", base_width=32, base_depth=1)
         >>> gm = torch.export.export(model, (torch.zeros(2, 8, dtype=torch.long),), strict=False).module()
         >>> rewrite = apply_plan_to_graph(gm.graph, plan)
-        >>> rewrite.outputs["blocks.0.attn.proj"], rewrite.inputs["input:lm_head"]
+        >>> rewrite.outputs["blocks.0.attn.proj"], rewrite.inputs["lm_head"]
         (1, 1)
         >>> _ = gm.recompile()
     """
     check_supported(plan, "graph" if not partial else "compile")
-    out_keys = {k for k in plan.multipliers if not k.startswith(INPUT)}
-    in_keys = {k[len(INPUT):]: k for k in plan.multipliers if k.startswith(INPUT)}
-    known = out_keys | set(in_keys) | set(plan.attention)
+    known = plan.multiplied_modules() | set(plan.attention)
     calls = _calls(graph, known)
     paths = _module_paths(graph, known)
     aten = _uses_aten(graph)
@@ -369,25 +366,25 @@ def apply_plan_to_graph(graph: fx.Graph, plan: Plan, *, partial: bool = False) -
                     "(fxparam.transform(model, ...))."
                 )
     sites: list[tuple[str, str, list[fx.Node], float]] = []
-    for key, factor in plan.multipliers.items():
-        fqn = key[len(INPUT):] if key.startswith(INPUT) else key
-        for nodes in calls.get(fqn, []):
-            _input_of(fqn, nodes) if key.startswith(INPUT) else _output_of(fqn, nodes)
-            sites.append((key, fqn, nodes, factor))
+    for on, table in (("output", plan.output_multipliers), ("input", plan.input_multipliers)):
+        for fqn, factor in table.items():
+            for nodes in calls.get(fqn, []):
+                _input_of(fqn, nodes) if on == "input" else _output_of(fqn, nodes)
+                sites.append((on, fqn, nodes, factor))
 
     done = GraphRewrite()
     for fqn, nodes in sdpa.items():
         for n in nodes:
             n.update_kwarg("scale", float(plan.attention[fqn].scale))
         done.attention[fqn] = len(nodes)
-    for key, fqn, nodes, factor in sites:  # sites are found again: an earlier rewrite may feed this one
+    for on, fqn, nodes, factor in sites:  # sites are found again: an earlier rewrite may feed this one
         owner = _key_of(nodes, fqn, paths)
-        if key.startswith(INPUT):
+        if on == "input":
             _scale_input(graph, nodes, _input_of(fqn, nodes), factor, aten, owner)
-            done.inputs[key] = done.inputs.get(key, 0) + 1
+            done.inputs[fqn] = done.inputs.get(fqn, 0) + 1
         else:
             _scale_output(graph, nodes, _output_of(fqn, nodes), factor, aten, owner)
-            done.outputs[key] = done.outputs.get(key, 0) + 1
+            done.outputs[fqn] = done.outputs.get(fqn, 0) + 1
     graph.lint()
     return done
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from fxparam._version import __version__
 from fxparam.analysis.facts import Analysis
-from fxparam.configs import SP, AnyConfig, Composed, MuP
+from fxparam.configs import AnyConfig, Composed
 from fxparam.errors import FxparamError, PlanError
 from fxparam.plan import ParamPlan, Plan
 
@@ -24,11 +24,19 @@ def register_pass(config_type: type) -> Callable[[PassFn], PassFn]:
     return deco
 
 
+def unregister_pass(config_type: type) -> None:
+    """Forget the pass of ``config_type`` (tests that register a toy parameterization clean up with it)."""
+    _PASSES.pop(config_type, None)
+
+
 def _lookup(config: AnyConfig) -> PassFn:
     for cls in type(config).__mro__:
         if cls in _PASSES:
             return _PASSES[cls]
-    raise PlanError(f"no pass registered for {type(config).__name__}")
+    raise PlanError(
+        f"no pass registered for {type(config).__name__}: decorate its pass with "
+        f"@fxparam.passes.register_pass({type(config).__name__}) (see docs/internals.md, 'A new parameterization')"
+    )
 
 
 def identity_plan(analysis: Analysis) -> Plan:
@@ -63,7 +71,7 @@ def build_plan(analysis: Analysis, config: AnyConfig) -> Plan:
     configs = list(config.configs) if isinstance(config, Composed) else [config]
     # A composition without a width parameterization starts from "change nothing";
     # width parameterizations always run first, so later passes refine their rules.
-    configs.sort(key=lambda c: 0 if isinstance(c, (SP, MuP)) else 1)
+    configs.sort(key=lambda c: 0 if c.width_rule else 1)
     plan = identity_plan(analysis)
     plan.config = config.model_dump(mode="json")
     done: list[str] = []

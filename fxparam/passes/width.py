@@ -19,10 +19,10 @@ from fxparam.analysis.facts import Analysis
 from fxparam.configs import SP, CompleteP, MuP
 from fxparam.errors import AnalysisError
 from fxparam.passes._registry import register_pass
-from fxparam.plan import AttentionPlan, ParamPlan, Plan
+from fxparam.plan import LEGACY_INPUT_PREFIX, AttentionPlan, ParamPlan, Plan
 
-#: Multipliers of a readout apply to its input: key prefix in Plan.multipliers.
-INPUT = "input:"
+#: 0.1 key prefix of a readout-input multiplier; ``Plan.multiply`` still reads it (typed tables since plan v2).
+INPUT = LEGACY_INPUT_PREFIX
 
 
 @register_pass(SP)

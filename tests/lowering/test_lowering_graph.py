@@ -49,7 +49,7 @@ def test_transform_with_graph_lowering_returns_a_graphmodule(setup: tuple[nn.Mod
 def test_multipliers_are_explicit_nodes(gm: fx.GraphModule, setup: tuple[nn.Module, Plan, torch.Tensor]) -> None:
     _base, plan, _idx = setup
     factors = sorted(f for _n, f in multiplier_nodes(gm))
-    assert factors == sorted(plan.multipliers.values())  # each module runs once: one node per multiplier
+    assert factors == sorted([*plan.output_multipliers.values(), *plan.input_multipliers.values()])  # one per call
     for node in gm.graph.nodes:
         if "fxparam" in node.meta:
             assert node.target is torch.ops.aten.mul.Tensor
@@ -183,18 +183,21 @@ class _Toy(nn.Module):
         return self.mix(a, b)
 
 
-def _toy_plan(multipliers: dict[str, float]) -> Plan:
+def _toy_plan(outputs: dict[str, float], inputs: dict[str, float] | None = None) -> Plan:
     params = {n: ParamPlan(role="hidden") for n, _ in _Toy().named_parameters()}
-    return Plan(params=params, multipliers=multipliers)
+    return Plan(params=params, output_multipliers=outputs, input_multipliers=inputs or {})
 
 
 @pytest.mark.parametrize(
-    ("key", "match"), [("pair", "2 tensors leave"), ("input:mix", "2 activations enter")], ids=["output", "input"]
+    ("outputs", "inputs", "match"),
+    [({"pair": 2.0}, {}, "2 tensors leave"), ({}, {"mix": 2.0}, "2 activations enter")],
+    ids=["output", "input"],
 )
-def test_ambiguous_module_boundaries_are_refused(key: str, match: str) -> None:
+def test_ambiguous_module_boundaries_are_refused(outputs: dict[str, float], inputs: dict[str, float],
+                                                 match: str) -> None:
     gm = torch.export.export(_Toy(), (torch.randn(2, 4),), strict=False).module()
     with pytest.raises(LoweringError, match=match):
-        apply_plan_to_graph(gm.graph, _toy_plan({key: 2.0}))
+        apply_plan_to_graph(gm.graph, _toy_plan(outputs, inputs))
     with pytest.raises(LoweringError, match="no nodes in the graph"):
         apply_plan_to_graph(gm.graph, _toy_plan({"absent": 2.0}))
 
@@ -216,7 +219,8 @@ def test_nested_and_chained_multipliers_compose_like_the_hooks() -> None:
     torch.manual_seed(0)
     model = _Stack()
     params = {n: ParamPlan(role="hidden") for n, _ in model.named_parameters()}
-    plan = Plan(params=params, multipliers={"inner.0": 3.0, "inner": 0.5, "norm": 2.0, "input:head": 0.25})
+    plan = Plan(params=params, output_multipliers={"inner.0": 3.0, "inner": 0.5, "norm": 2.0},
+                input_multipliers={"head": 0.25})
     x = torch.randn(2, 4)
     gm = lower_graph(copy.deepcopy(model), plan, init=False, example_inputs=x)
     eager = lower_eager(copy.deepcopy(model), plan, init=False)

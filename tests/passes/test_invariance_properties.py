@@ -10,7 +10,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fxparam
 from fxparam.checks.coord import CONTROL_THRESHOLD, coord_check
 from fxparam.models import GPT, GPTConfig
 
@@ -89,7 +88,7 @@ def test_broken_variant_one_lr_for_all_groups_fails():
 
 def test_broken_variant_missing_output_multiplier_fails():
     def drop_readout_multiplier(plan):
-        plan.multipliers = {k: v for k, v in plan.multipliers.items() if not k.startswith("input:")}
+        plan.input_multipliers = {}  # the readout's alpha_out/m_d is its only input multiplier
         return plan
 
     make = gpt_factory()

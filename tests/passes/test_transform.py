@@ -75,8 +75,8 @@ def test_multipliers_really_change_the_forward():
     # same weights, different forward: readout input / 2, branches / 3
     assert not torch.allclose(base(_x()), transformed(_x()))
     plan = fxparam.plan_of(transformed)
-    assert plan.multipliers["input:lm_head"] == pytest.approx(0.5)
-    assert plan.multipliers["blocks.2.mlp.proj"] == pytest.approx(1 / 3)
+    assert plan.input_multipliers["lm_head"] == pytest.approx(0.5)
+    assert plan.output_multipliers["blocks.2.mlp.proj"] == pytest.approx(1 / 3)
 
 
 def test_reinit_follows_the_plan():
@@ -94,7 +94,7 @@ def test_plain_mlp_gets_width_rules_and_completep_reports_depth_0():
     assert plan.depth == 0 and plan.m_L == 1.0
     assert any("depth 0" in n for n in plan.notes)
     assert plan.params["2.weight"].lr_mult == pytest.approx(1 / 4)
-    assert plan.multipliers["input:4"] == pytest.approx(1 / 4)
+    assert plan.input_multipliers["4"] == pytest.approx(1 / 4)
     assert mlp(torch.zeros(4, 10)).shape == (4, 3)
 
 
