@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--width-multiplier", type=multiplier_value, default=1.0, help="d_model / proxy d_model (default 1)"
     )
     p.add_argument("--batch-size", type=positive_int, help="batch size in sequences (default: B_opt)")
-    p.add_argument("--weight-decay", type=weight_decay_value, help="coupled weight decay lambda (default: lambda_opt)")
+    p.add_argument("--weight-decay", type=weight_decay_value, help="base coupled weight decay lambda, the units of fxparam.optimizer (hidden weights decay with "
+                   "lambda x width multiplier; default: lambda_opt)")
     p.add_argument("--schedule", choices=SCHEDULE_CHOICES, default="d2z", help="LR schedule (default d2z)")
     p.add_argument(
         "--b-crit",
