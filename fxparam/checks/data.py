@@ -295,10 +295,10 @@ class FixedBatches:
 
 
 __all__ = [
-    "VOCAB",
     "ByteCorpus",
     "FixedBatches",
     "TokenCorpus",
+    "VOCAB",
     "as_batch",
     "load_text",
     "load_tokenizer",

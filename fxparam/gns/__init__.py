@@ -30,12 +30,12 @@ from fxparam.gns._schedule import PAPER_111M_TOTAL_TOKENS, BatchSizeSchedule
 from fxparam.lowering.norm_swap import swap_norms, unswap_norms  # the swap mutates modules: lowering's job
 
 __all__ = [
-    "EMA",
-    "PAPER_111M_TOTAL_TOKENS",
     "BatchSizeSchedule",
+    "EMA",
     "GNSEstimate",
     "GNSMonitor",
     "GNSStats",
+    "PAPER_111M_TOTAL_TOKENS",
     "find_layouts",
     "monitor",
     "prepare",

@@ -344,4 +344,4 @@ class BatchSizeSchedule:
         )
 
 
-__all__ = ["PAPER_111M_TOTAL_TOKENS", "BatchSizeSchedule"]
+__all__ = ["BatchSizeSchedule", "PAPER_111M_TOTAL_TOKENS"]
