@@ -184,7 +184,6 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
         combined = torch.ones_like(uses[0][1])
         for _use, rows in uses:
             combined = combined * rows
-        users = {u for u, _ in uses}
         if len(all_uses) > 1:
             # every module holding this Parameter must want the same factor
             wanted = {mn: torch.ones_like(combined) for mn, _ in all_uses}
@@ -213,7 +212,6 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
                 if config is not None and hasattr(config, "tie_word_embeddings"):
                     config.tie_word_embeddings = False
                 continue
-        del users
         factors.rows[key] = combined
     if problems:
         raise LoweringError("fxparam.fold cannot absorb every multiplier of this model:\n  " + "\n  ".join(problems))
