@@ -380,12 +380,16 @@ def resolve(root: GNSRoot, model: nn.Module, args: tuple, kwargs: dict) -> None:
                 f"fxparam.gns: batch_dim names {unknown}, which are not tracked norms (tracked: {sorted(root.norms)})"
             )
         overridden = set(bd)
+    all_overridden = overridden == set(root.norms)
     try:
-        layouts, loc = find_layouts(model, args, kwargs)
+        with warnings.catch_warnings():
+            if all_overridden:  # the trace is only for where the example count sits in the inputs
+                warnings.simplefilter("ignore")
+            layouts, loc = find_layouts(model, args, kwargs)
     except GNSError:
-        if overridden != set(root.norms):
+        if not all_overridden:
             raise
-        layouts, loc = {}, None  # every norm has an override: the trace was only for the count
+        layouts, loc = {}, None
     for fqn, m in root.norms.items():
         if fqn not in overridden and fqn in layouts:
             m.set_example_layout(layouts[fqn])  # type: ignore[attr-defined]

@@ -82,7 +82,7 @@ def test_monitor_unbiased_end_to_end_through_norm_kernel():
     norm = PerExampleRMSNorm(D, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(w0)
-    mon = monitor(norm)
+    mon = monitor(norm, batch_dim=0)  # the norm is the whole model: nothing tells examples from tokens
     g2s, trs = [], []
     for _ in range(trials):
         u, _, tt = sample(B)
