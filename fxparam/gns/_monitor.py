@@ -159,15 +159,10 @@ class _Tracked:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / torch.compile wrappers: report FQNs of the user's model.
-    for attr in ("module", "_orig_mod"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module) and type(model).__name__ in (
-            "DistributedDataParallel",
-            "OptimizedModule",
-        ):
-            return _unwrap(inner)
-    return model
+    """DDP / torch.compile wrappers: report FQNs of the user's model (the one ``unwrap``, in fxparam.plan)."""
+    from fxparam.plan import unwrap
+
+    return unwrap(model)
 
 
 class GNSMonitor:
