@@ -238,7 +238,15 @@ def _probe_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
             t = torch.randint(0, vocab, t.shape, generator=gen)  # zeros make every position alike
         return t.to(device)
 
-    return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
+    kwargs = {k: fix(v) for k, v in kwargs.items()}
+    try:
+        import inspect as _inspect
+
+        if "use_cache" in _inspect.signature(model.forward).parameters:
+            kwargs.setdefault("use_cache", False)  # a KV cache would make re-running a site differ
+    except (TypeError, ValueError):
+        pass
+    return tuple(fix(a) for a in args), kwargs
 
 
 @torch.no_grad()
