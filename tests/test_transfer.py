@@ -153,3 +153,58 @@ def test_bad_arguments():
         transfer(sizes=[0, 64])
     with pytest.raises(ConfigError, match="warmup_steps=5 must be smaller"):
         transfer(sizes=[32, 64], steps=5, warmup_steps=5)
+
+
+# ---------------------------------------------------------------- wider is better (issue 17, case 2)
+
+
+def _seeded(losses: dict[tuple[str, int], float], noise: float, seeds=(0, 1, 2)) -> TransferResult:
+    """Parabolic curves with the minimum at 2^-7 and the given loss there, plus seed offsets of size ``noise``."""
+    s = _settings(seeds=list(seeds), params=sorted({p for p, _ in losses}))
+    offsets = [noise * (i - (len(seeds) - 1) / 2) for i in range(len(seeds))]  # sample sd = noise * ~1
+    points = [
+        TransferPoint(key=s.run_key(), param=param, size=size, width=size, depth=2, lr=lr, seed=seed,
+                      train_loss=0.0, eval_loss=best + 0.1 * (math.log2(lr) + 7) ** 2 + off, diverged=False,
+                      seconds=0.0)
+        for (param, size), best in losses.items() for lr in s.lrs for seed, off in zip(seeds, offsets)
+    ]
+    return TransferResult(settings=s, points=points)
+
+
+def test_wider_is_better_passes_when_the_optimum_improves():
+    res = _seeded({("mup", 64): 2.40, ("mup", 128): 2.35, ("mup", 256): 2.30}, noise=0.01)
+    check = res.wider_is_better()["mup"]
+    assert check.ok and check.expected and check.rises == pytest.approx([-0.05, -0.05])
+    assert "Wider is better?" in res.summary() and "2.400 -> 2.350 -> 2.300" in res.summary()
+
+
+def test_wider_is_better_flags_a_rise_beyond_seed_noise():
+    res = _seeded({("mup", 64): 2.40, ("mup", 128): 2.45, ("mup", 256): 2.50}, noise=0.005)
+    check = res.wider_is_better()["mup"]
+    assert not check.ok and "NO, the loss rises" in res.summary()
+    # the same rise within much larger seed noise is not evidence
+    noisy = _seeded({("mup", 64): 2.40, ("mup", 128): 2.41, ("mup", 256): 2.42}, noise=0.05)
+    assert noisy.wider_is_better()["mup"].ok
+    # tolerance from first principles: z(0.05/2 one-sided) * sqrt(2) * sd/sqrt(3), sd = 0.05 here
+    from statistics import NormalDist
+
+    assert noisy.wider_is_better()["mup"].tolerance[0] == pytest.approx(
+        NormalDist().inv_cdf(1 - 0.025) * math.sqrt(2) * 0.05 / math.sqrt(3), rel=1e-6)
+
+
+def test_sp_is_reported_not_judged_and_depth_promise_is_completep_only():
+    res = _seeded({("sp", 64): 2.40, ("sp", 128): 2.50}, noise=0.001)
+    check = res.wider_is_better()["sp"]
+    assert not check.ok and not check.expected and "for comparison" in res.summary()
+    deep = _seeded({("mup", 64): 2.40, ("mup", 128): 2.50}, noise=0.001)
+    deep.settings.__dict__["vary"] = "depth"  # same numbers read as a depth sweep
+    assert not deep.wider_is_better()["mup"].expected
+
+
+def test_wider_is_better_flags_a_deliberately_broken_model():
+    # a real tiny sweep of a model that gets worse as it widens (a width-growing logit bias), 2 seeds
+    res = transfer(model="tests.cli.broken_model:make_worse_when_wider", sizes=[32, 64, 128], params=["mup"],
+                   lrs=[2**-8, 2**-7], steps=8, batch_size=2, seq_len=16, eval_batches=2, seeds=[0, 1])
+    check = res.wider_is_better()["mup"]
+    assert not check.ok and check.rises[-1] > max(check.tolerance[-1], 1.0)  # +3 nats of bias at 128
+    assert "μP should not get worse as it grows" in res.summary()

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fxparam.errors import ConfigError
+from fxparam.errors import CaptureError, ConfigError
 
 Vary = Literal["width", "depth"]
 
@@ -168,6 +168,39 @@ class Optimum(BaseModel):
     at_edge: bool  # the argmin is the smallest or largest LR of the grid
 
 
+#: Parameterizations whose promise includes "wider is better" at the transferred optimum.
+WIDER_IS_BETTER = ("mup", "completep")
+#: Probability that seed noise alone flags a correct sweep (over all comparisons of a parameterization).
+WIDER_FALSE_ALARM = 0.05
+
+
+class WiderCheck(BaseModel):
+    """Does the best held-out loss fall (or stay) as the model grows?
+
+    Attributes:
+        param: the parameterization.
+        sizes: sizes compared, smallest first.
+        losses: seed-mean held-out loss at each size's best LR.
+        rises: ``losses[i + 1] - losses[i]`` (negative: the larger model is better).
+        tolerance: the rise seed noise explains at each comparison (0 with one seed).
+        ok: no rise beyond its tolerance.
+        expected: whether the parameterization promises it (muP, CompleteP); SP is reported
+            for comparison only.
+        note: how noise was accounted for.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    param: str
+    sizes: list[int]
+    losses: list[float]
+    rises: list[float]
+    tolerance: list[float]
+    ok: bool
+    expected: bool
+    note: str = ""
+
+
 class TransferResult(BaseModel):
     """Settings and finished runs of a transfer sweep, with optima, tables and plots."""
 
@@ -254,6 +287,64 @@ class TransferResult(BaseModel):
         logs = [math.log2(o.lr) for o in opts]
         return (max(logs) - min(logs)) / self._grid_step()
 
+    def wider_is_better(self, *, false_alarm: float = WIDER_FALSE_ALARM) -> dict[str, WiderCheck]:
+        """Check muP's promise that, at each size's best LR, a larger model is no worse.
+
+        Over width muP and CompleteP promise it; over depth CompleteP (and depth-scaled
+        residuals) does, muP does not (it is the depth control).
+
+        For each parameterization, compare the seed-mean held-out loss at the best LR of each
+        size with the next larger size. With two or more seeds a rise is flagged only beyond
+        ``z * sqrt(se_i^2 + se_j^2)`` (``se``: standard error of each seed mean; ``z`` the
+        one-sided normal quantile at ``false_alarm`` / number of comparisons, Bonferroni). With
+        one seed the noise is unknown and every rise is flagged, with a note to rerun with seeds.
+
+        Returns:
+            ``param -> WiderCheck``; ``expected`` is True for muP and CompleteP (SP is the comparison).
+        """
+        from statistics import NormalDist
+
+        by_run: dict[tuple[str, int, float], list[float]] = defaultdict(list)
+        for p in self.points:
+            by_run[(p.param, p.size, p.lr)].append(p.eval_loss)
+        opts = {(o.param, o.size): o for o in self.optima()}
+        n_seeds = len(self.settings.seeds)
+        out = {}
+        for param in self.settings.params:
+            sizes = [s for s in self.settings.sizes if (param, s) in opts]
+            if len(sizes) < 2:
+                continue
+            losses = [opts[(param, s)].loss for s in sizes]
+            se = []
+            for s in sizes:
+                vals = [v for v in by_run[(param, s, opts[(param, s)].lr)] if math.isfinite(v)]
+                if len(vals) >= 2:
+                    mean = sum(vals) / len(vals)
+                    se.append(math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) / len(vals)))
+                else:
+                    se.append(0.0)
+            rises = [b - a for a, b in zip(losses, losses[1:], strict=False)]
+            z = NormalDist().inv_cdf(1 - false_alarm / len(rises))
+            tol = [z * math.sqrt(a * a + b * b) for a, b in zip(se, se[1:], strict=False)]
+            note = (
+                f"{n_seeds} seeds: a rise counts beyond {z:.2f} standard errors"
+                if n_seeds >= 2
+                else "1 seed: seed noise unknown, so every rise is flagged; rerun with --seeds 3 before concluding"
+            )
+            names = [n.strip().lower() for n in param.split("+")]
+            promised = WIDER_IS_BETTER if self.settings.vary == "width" else ("completep", "depthscaled")
+            out[param] = WiderCheck(
+                param=param,
+                sizes=sizes,
+                losses=losses,
+                rises=rises,
+                tolerance=tol,
+                ok=all(r <= t for r, t in zip(rises, tol, strict=True)),
+                expected=any(n in promised for n in names),
+                note=note,
+            )
+        return out
+
     def _grid_step(self) -> float:
         logs = sorted(math.log2(lr) for lr in self.settings.lrs)
         steps = [b - a for a, b in zip(logs, logs[1:], strict=False) if b > a]
@@ -321,6 +412,21 @@ class TransferResult(BaseModel):
         if len(largest) > 1:
             best = ", ".join(f"{param_label(p)} {o.loss:.3f}" for p, o in largest.items())
             lines.append(f"Best held-out loss at {s.vary} {s.sizes[-1]}: {best}.")
+        checks = self.wider_is_better()
+        if checks:
+            lines += ["", f"Wider is better? Held-out loss at each {s.vary}'s best LR:"]
+            for param, c in checks.items():
+                path = " -> ".join(f"{loss:.3f}" for loss in c.losses)
+                pairs = zip(c.sizes, c.sizes[1:], c.rises, c.tolerance, strict=False)
+                bad = [f"{a} -> {b}: {r:+.3f}" for a, b, r, t in pairs if r > t]
+                if c.ok:
+                    verdict = "yes" if c.expected else "yes (for comparison)"
+                elif c.expected:
+                    verdict = f"NO, the loss rises at {'; '.join(bad)}: {param_label(param)} should not get worse as it grows"
+                else:
+                    verdict = f"no ({'; '.join(bad)}; for comparison)"
+                lines.append(f"{param_label(param)}: {path} ({s.vary}s {c.sizes[0]}..{c.sizes[-1]}): {verdict}")
+            lines.append(f"({next(iter(checks.values())).note})")
         diverged = sum(p.diverged for p in self.points)
         if diverged:
             lines.append(f"{diverged} run(s) diverged (plotted as missing points).")
@@ -353,6 +459,7 @@ class TransferResult(BaseModel):
         data["shift_grid_steps"] = {p: self.shift(p) for p in self.settings.params}
         data["spread_grid_steps"] = {p: self.spread(p) for p in self.settings.params}
         data["regret"] = {p: {str(k): v for k, v in self.regret(p).items()} for p in self.settings.params}
+        data["wider_is_better"] = {p: c.model_dump() for p, c in self.wider_is_better().items()}
         Path(path).write_text(json.dumps(data, indent=1, allow_nan=True) + "\n", encoding="utf-8")
         return os.fspath(path)
 
@@ -488,7 +595,16 @@ def train_point(
     torch.manual_seed(seed)
     model = make(width=width, depth=depth)
     base: dict[str, Any] = _base_kwargs(param, settings.base_width, settings.base_depth)
-    fxparam.transform(model, param, **base)
+    try:
+        fxparam.transform(model, param, **base)
+    except CaptureError as exc:  # a model fxparam cannot make inputs for: a slice of its own data
+        if "example inputs" not in str(exc):
+            raise
+        if source is not None:
+            sample = source.train[0][0]
+        else:
+            sample = corpus.batch(2, settings.seq_len, generator=torch.Generator().manual_seed(0))[0]
+        fxparam.transform(model, param, example_inputs=(sample[:2],), **base)
     device, dtype = torch.device(settings.device), _DTYPES[settings.dtype]
     if device.type != "cpu" or dtype != torch.float32:
         model.to(device=device, dtype=dtype)
@@ -880,6 +996,7 @@ __all__ = [
     "TransferPoint",
     "TransferResult",
     "TransferSettings",
+    "WiderCheck",
     "default_jobs",
     "lr_grid",
     "load_points",

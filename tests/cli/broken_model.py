@@ -51,3 +51,23 @@ class Plain(nn.Module):
 def make_plain(width: int = 64, depth: int = 2) -> nn.Module:
     """The small GPT behind a wrapper fxparam cannot make example inputs for."""
     return Plain(make(width, depth))
+
+
+class _BiasedLogits(nn.Module):
+    """Adds a fixed (untrainable) bias towards token 0 that grows with width."""
+
+    def __init__(self, inner: nn.Module, bias: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.bias = bias
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(idx)
+        shift = torch.zeros(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+        shift[0] = self.bias
+        return logits + shift
+
+
+def make_worse_when_wider(width: int = 64, depth: int = 2) -> nn.Module:
+    """A model broken so that wider is worse: logit 0 is pushed up by 3 x (width/32 - 1) nats."""
+    return _BiasedLogits(make(width, depth), 3.0 * (width / 32 - 1))
