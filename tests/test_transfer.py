@@ -8,8 +8,15 @@ import math
 
 import pytest
 
+from fxparam.checks.transfer import (
+    TransferPoint,
+    TransferResult,
+    TransferSettings,
+    load_points,
+    lr_grid,
+    transfer,
+)
 from fxparam.errors import ConfigError
-from fxparam.checks.transfer import TransferPoint, TransferResult, TransferSettings, load_points, lr_grid, transfer
 
 LRS = lr_grid(-10, -5)
 
@@ -166,7 +173,7 @@ def _seeded(losses: dict[tuple[str, int], float], noise: float, seeds=(0, 1, 2))
         TransferPoint(key=s.run_key(), param=param, size=size, width=size, depth=2, lr=lr, seed=seed,
                       train_loss=0.0, eval_loss=best + 0.1 * (math.log2(lr) + 7) ** 2 + off, diverged=False,
                       seconds=0.0)
-        for (param, size), best in losses.items() for lr in s.lrs for seed, off in zip(seeds, offsets)
+        for (param, size), best in losses.items() for lr in s.lrs for seed, off in zip(seeds, offsets, strict=True)
     ]
     return TransferResult(settings=s, points=points)
 
