@@ -128,14 +128,20 @@ def _liger(kind: str) -> Any:
         return None
 
 
-def norm_case(kind: str, B: int, T: int, N: int, dtype: torch.dtype, dev: str, timer: Timer, peak: float | None) -> dict:
+def norm_case(
+    kind: str, B: int, T: int, N: int, dtype: torch.dtype, dev: str, timer: Timer, peak: float | None
+) -> dict:
     from fxparam.kernels import layer_norm_per_example, rms_norm_per_example
 
     eps = 1e-5
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(B, T, N, device=dev, dtype=dtype, generator=g).requires_grad_(True)
     w = (1 + 0.1 * torch.randn(N, device=dev, dtype=dtype, generator=g)).requires_grad_(True)
-    b = (0.1 * torch.randn(N, device=dev, dtype=dtype, generator=g)).requires_grad_(True) if kind == "layernorm" else None
+    b = (
+        (0.1 * torch.randn(N, device=dev, dtype=dtype, generator=g)).requires_grad_(True)
+        if kind == "layernorm"
+        else None
+    )
     dy = torch.randn(B, T, N, device=dev, dtype=dtype, generator=g)
     params = [x, w] + ([b] if b is not None else [])
     P = len(params) - 1
@@ -196,7 +202,6 @@ def norm_case(kind: str, B: int, T: int, N: int, dtype: torch.dtype, dev: str, t
         gbps = nbytes / (ms * 1e-3) / 1e9 if ms else None
         out[f"{key}_gbps"] = gbps
         out[f"{key}_peak_frac"] = gbps / peak if gbps and peak else None
-    del x, dy, g_f, g_r
     return out
 
 
@@ -261,7 +266,10 @@ def write_results(result: dict, stem: str) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["kernels"]:
-        pct = {k: (100 * c[f"{k}_peak_frac"] if c.get(f"{k}_peak_frac") else None) for k in ("fused", "torch", "liger")}
+        pct = {
+            k: (100 * c[f"{k}_peak_frac"] if c.get(f"{k}_peak_frac") else None)
+            for k in ("fused", "torch", "liger")
+        }
         lines.append(
             f"| {c['kind']} | {c['dtype']} | {'x'.join(map(str, c['shape']))} | {_f(c['torch_ms'], '.3f')} | "
             f"{_f(c['liger_ms'], '.3f')} | {_f(c['fused_ms'], '.3f')} | {_f(c['fused_vs_torch'], '.2f')} | "
@@ -269,8 +277,11 @@ def write_results(result: dict, stem: str) -> None:
             f"{_f(pct['torch'], '.0f')} | {_f(pct['liger'], '.0f')} | {c['parity_ok']} |"
         )
     if result.get("gpt_step"):
-        lines += ["", "| GPT-2 small step (bf16 autocast, 8 x 1024) | time ratio (GNS / none) | extra peak memory (GB) |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "| GPT-2 small step (bf16 autocast, 8 x 1024) | time ratio (GNS / none) | extra peak memory (GB) |",
+            "|---|---|---|",
+        ]
         for norm, s in result["gpt_step"].items():
             lines.append(f"| {norm} | {s['time_ratio']:.3f} | {s['extra_mem_gb']:+.3f} |")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -317,8 +328,9 @@ def main() -> int:
     except ImportError:
         triton_version = "not installed"
     try:
-        import liger_kernel  # noqa: F401
         from importlib.metadata import version
+
+        import liger_kernel  # noqa: F401
 
         liger_version = version("liger-kernel")
     except Exception:  # noqa: BLE001 - any failure: not available

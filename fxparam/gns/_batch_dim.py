@@ -151,7 +151,9 @@ def _trace_shapes(
     for fqn, m in skeleton.named_modules():
         if isinstance(m, PerExampleNormMixin):
             m.__class__ = m.base_class  # the skeleton is a copy: run the plain norm
-            m.register_forward_pre_hook(lambda _m, a, fqn=fqn: seen.setdefault(fqn, []).append(tuple(a[0].shape)))
+            m.register_forward_pre_hook(
+                lambda _m, a, fqn=fqn: seen.setdefault(fqn, []).append(tuple(a[0].shape))
+            )
     shape_env = ShapeEnv(duck_shape=False)  # equal sizes (B == T) still get their own symbols
     fake_mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=True)
 
@@ -190,7 +192,9 @@ def _structure_key(model: nn.Module, args: tuple, kwargs: dict) -> Any:
         mods.append((fqn, type(m), plain))
     ins = tuple((loc, t.dim(), t.dtype) for loc, t in _top_level_tensors(tuple(args), dict(kwargs)))
     others = tuple(
-        (i, v) for i, v in [*enumerate(args), *kwargs.items()] if isinstance(v, (bool, int, float, str, type(None)))
+        (i, v)
+        for i, v in [*enumerate(args), *kwargs.items()]
+        if isinstance(v, (bool, int, float, str, type(None)))
     )
     return (tuple(mods), ins, others)
 
@@ -275,7 +279,9 @@ def _find_layouts(
     if len(candidates) > 1:
         # Nothing mixes positions either (no attention): prefer the dim that leads every norm input.
         leading = [
-            s for s in candidates if all(_expr(sh[0]) == s for shapes in seen.values() for sh in shapes if len(sh) > 1)
+            s
+            for s in candidates
+            if all(_expr(sh[0]) == s for shapes in seen.values() for sh in shapes if len(sh) > 1)
         ]
         where = ", ".join(f"{k}[{key!r}] dim {d}" for s, (k, key, d) in input_syms.items() if s in candidates)
         if len(leading) != 1:
@@ -328,7 +334,9 @@ def _find_layouts(
             else:
                 found.add(ExampleLayout(dim=-1))
         if len(found) != 1 or next(iter(found)).dim < 0:
-            bad.append(f"{fqn!r} (input shapes {[tuple(str(_expr(s)) for s in sh) for sh in shapes]}, examples {batch})")
+            bad.append(
+                f"{fqn!r} (input shapes {[tuple(str(_expr(s)) for s in sh) for sh in shapes]}, examples {batch})"
+            )
             continue
         layouts[fqn] = next(iter(found))
     del skel_to_real
@@ -435,7 +443,9 @@ def attach_root(model: nn.Module, batch_dim: int | dict[str, int] | None = None)
         GNSError: ``batch_dim`` is neither an int, a dict nor None.
     """
     if batch_dim is not None and not isinstance(batch_dim, (int, dict)):
-        raise GNSError(f"fxparam.gns: batch_dim must be an int, a {{norm FQN: int}} dict or None, got {batch_dim!r}")
+        raise GNSError(
+            f"fxparam.gns: batch_dim must be an int, a {{norm FQN: int}} dict or None, got {batch_dim!r}"
+        )
     root = root_of(model)
     if root is None:
         root = GNSRoot(batch_dim)
@@ -463,7 +473,9 @@ def detach_root(model: nn.Module) -> None:
             model._forward_pre_hooks_with_kwargs.pop(key, None)
 
 
-def prepare(model: nn.Module, *args: Any, n_examples: int | None = None, **kwargs: Any) -> dict[str, ExampleLayout]:
+def prepare(
+    model: nn.Module, *args: Any, n_examples: int | None = None, **kwargs: Any
+) -> dict[str, ExampleLayout]:
     """Get a model with per-example norms ready for ``torch.compile``: layouts found, gradient sinks allocated.
 
     Under ``torch.compile`` the per-example gradient sinks are graph inputs, so they must exist
@@ -510,7 +522,11 @@ def prepare(model: nn.Module, *args: Any, n_examples: int | None = None, **kwarg
             continue
         st = m._gns  # type: ignore[attr-defined]
         st.names = names
-        hidden = int(getattr(m, "weight", None).shape[0]) if getattr(m, "weight", None) is not None else int(m.bias.shape[0])  # type: ignore[union-attr]
+        hidden = (
+            int(getattr(m, "weight", None).shape[0])
+            if getattr(m, "weight", None) is not None
+            else int(m.bias.shape[0])
+        )  # type: ignore[union-attr]
         saved = (root.forward_id, st.pending)
         m._sink_for(n, hidden, device)  # type: ignore[attr-defined]
         root.forward_id, st.pending = saved[0], saved[1]

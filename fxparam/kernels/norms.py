@@ -447,7 +447,9 @@ class GNSRoot:
         self.norms: dict[str, nn.Module] = {}
 
     def __repr__(self) -> str:
-        return f"GNSRoot(input_loc={self.input_loc}, n={self.n}, found={self.found}, batch_dim={self.batch_dim})"
+        return (
+            f"GNSRoot(input_loc={self.input_loc}, n={self.n}, found={self.found}, batch_dim={self.batch_dim})"
+        )
 
 
 class _GNSState:
@@ -600,8 +602,11 @@ class PerExampleNormMixin:
         self, x: torch.Tensor, run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
     ) -> torch.Tensor:
         """``run(x_examples_first, sink)`` with the input laid out examples-first, output laid back."""
-        params = [(n, p) for n, p in (("weight", getattr(self, "weight", None)), ("bias", getattr(self, "bias", None)))
-                  if isinstance(p, torch.Tensor)]
+        params = [
+            (n, p)
+            for n, p in (("weight", getattr(self, "weight", None)), ("bias", getattr(self, "bias", None)))
+            if isinstance(p, torch.Tensor)
+        ]
         if not (torch.is_grad_enabled() and any(p.requires_grad for _, p in params)) or x.dim() == 0:
             return run(x, None)
         st = self._gns
@@ -702,7 +707,9 @@ class PerExampleRMSNorm(PerExampleNormMixin, nn.RMSNorm):
             return plain
         return self._per_example(
             x,
-            lambda xe, sink: rms_norm_per_example(xe, self.weight, self.eps, backend=self.backend, grad_sink=sink),
+            lambda xe, sink: rms_norm_per_example(
+                xe, self.weight, self.eps, backend=self.backend, grad_sink=sink
+            ),
         )
 
     def extra_repr(self) -> str:
@@ -728,7 +735,12 @@ class _ForeignPerExampleNorm(PerExampleNormMixin):
             return self._per_example(
                 hidden_states,
                 lambda x, sink: rms_norm_per_example(
-                    x, weight, self._fxparam_eps, backend=self.backend, forward_fn=base_forward, grad_sink=sink
+                    x,
+                    weight,
+                    self._fxparam_eps,
+                    backend=self.backend,
+                    forward_fn=base_forward,
+                    grad_sink=sink,
                 ),
             )
         return self._per_example(

@@ -54,7 +54,9 @@ def _compile_vs_eager(inner: str, rel: float) -> None:
     base = GPT(GPTConfig(width=32, depth=2, head_dim=16, vocab=64, seq_len=16))
     eager = copy.deepcopy(base)
     fxparam.transform(eager, "completep+gns", init=False, **KW)
-    compiled = fxparam.compile(copy.deepcopy(base), "completep+gns", init=False, fullgraph=True, inner=inner, **KW)
+    compiled = fxparam.compile(
+        copy.deepcopy(base), "completep+gns", init=False, fullgraph=True, inner=inner, **KW
+    )
     want = _train(eager, monitor(eager))
     got = _train(compiled, monitor(compiled))
     assert [s[0] for s in got] == [4, 4, 4]

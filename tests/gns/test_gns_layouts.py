@@ -24,7 +24,9 @@ from fxparam.models.gpt import GPT, GPTConfig
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 
 
-def one_example_grads(model: nn.Module, xs: list[torch.Tensor], loss_fn, names: list[str]) -> dict[str, torch.Tensor]:
+def one_example_grads(
+    model: nn.Module, xs: list[torch.Tensor], loss_fn, names: list[str]
+) -> dict[str, torch.Tensor]:
     """``{param: (B, *shape)}``: gradient of each example's own loss, one backward per example."""
     plain = copy.deepcopy(model)
     unswap_norms(plain)
@@ -83,7 +85,9 @@ def test_case1_norm_used_three_times_per_forward(norm):
     per = one_example_grads(model, [idx[b : b + 1] for b in range(6)], _lm_loss, mon.tracked_parameters)
     got = mon.per_example_sq_norms()
     for name in mon.tracked_parameters:
-        torch.testing.assert_close(got[name], per[name].flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-10, msg=name)
+        torch.testing.assert_close(
+            got[name], per[name].flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-10, msg=name
+        )
     check_against_truth(model, mon, per, batch=6)
 
 
@@ -139,10 +143,14 @@ def test_case2_sequence_first_layout():
     x = torch.randn(7, 4, 32, generator=torch.Generator().manual_seed(5))
     _seq_first_loss(model, x).backward()
     assert {m.example_layout.dim for m in (model.layer.norm1, model.layer.norm2)} == {1}
-    per = one_example_grads(model, [x[:, b : b + 1] for b in range(4)], _seq_first_loss, mon.tracked_parameters)
+    per = one_example_grads(
+        model, [x[:, b : b + 1] for b in range(4)], _seq_first_loss, mon.tracked_parameters
+    )
     got = mon.per_example_sq_norms()
     for name in mon.tracked_parameters:
-        torch.testing.assert_close(got[name], per[name].flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-10, msg=name)
+        torch.testing.assert_close(
+            got[name], per[name].flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-10, msg=name
+        )
     check_against_truth(model, mon, per, batch=4)
 
 
@@ -154,7 +162,9 @@ def test_case2_negative_control_wrong_batch_dim():
     mon = monitor(model)
     x = torch.randn(7, 4, 32, generator=torch.Generator().manual_seed(5))
     _seq_first_loss(model, x).backward()
-    per = one_example_grads(model, [x[:, b : b + 1] for b in range(4)], _seq_first_loss, mon.tracked_parameters)
+    per = one_example_grads(
+        model, [x[:, b : b + 1] for b in range(4)], _seq_first_loss, mon.tracked_parameters
+    )
     est = mon.update()
     _, _, s_small, _ = brute_force_estimates(per, mon.tracked_parameters)
     assert est.total.batch_size == 7
@@ -217,10 +227,14 @@ def test_property_layouts_reuse_norm_kinds(layout, reuse, kind, bias, B, T):
     xs = [e.transpose(0, 1).contiguous() for e in ex] if layout == "seq_first" else ex
     per = one_example_grads(model, xs, lambda m, xx: m(xx).mean(), mon.tracked_parameters)
     lay = model.norm.example_layout
-    assert (lay.dim, lay.flat) == {"batch_first": (0, False), "seq_first": (1, False), "flat": (0, True)}[layout]
+    assert (lay.dim, lay.flat) == {"batch_first": (0, False), "seq_first": (1, False), "flat": (0, True)}[
+        layout
+    ]
     got = mon.per_example_sq_norms()
     for name in mon.tracked_parameters:
-        torch.testing.assert_close(got[name], per[name].flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-9, msg=name)
+        torch.testing.assert_close(
+            got[name], per[name].flatten(1).pow(2).sum(1), rtol=1e-4, atol=1e-9, msg=name
+        )
     check_against_truth(model, mon, per, batch=B)
 
 
