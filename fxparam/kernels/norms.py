@@ -514,7 +514,11 @@ class PerExampleNormMixin:
     each example's *summed* gradient, the per-example gradient of the shared parameter, and
     adds it to :attr:`gns_accumulator`. Under ``torch.compile`` the sink is an ordinary graph
     input (no Python state is touched in the compiled backward); it must exist before the first
-    compiled call (:func:`fxparam.gns.prepare`, or any eager forward, allocates it).
+    compiled call (:func:`fxparam.gns.prepare`, or any eager forward, allocates it). Eagerly,
+    each model forward gets fresh sinks, so ``f(a) + f(b)`` before one backward counts ``2B``
+    examples; compiled forwards share one sink per norm, so there each forward must be followed
+    by its backward before the next (as in gradient accumulation), or examples with the same
+    index would be summed.
 
     Which input dimension indexes examples is :attr:`example_layout` (found from the model's
     inputs by :func:`fxparam.gns.swap_norms` / :func:`fxparam.gns.monitor`; the leading dim for a
