@@ -89,6 +89,8 @@ class TransferSettings(BaseModel):
         data: data path trained on (None: Python documentation topics, or in-memory batches).
         data_digest: SHA-256 prefix of the token ids (so resumed results match the data).
         tokenizer: local tokenizer for a text ``data`` (None: bytes).
+        output_multiplier: muP / CompleteP ``alpha_out`` (a base hyperparameter: the readout
+            output is scaled by ``alpha_out / m_d``); SP runs are unaffected.
         device: torch device the runs train on.
         dtype: parameter dtype (``float32``, ``bfloat16``, ``float16``).
     """
@@ -116,6 +118,7 @@ class TransferSettings(BaseModel):
     data: str | None = None
     data_digest: str = ""
     tokenizer: str | None = None
+    output_multiplier: float = Field(1.0, gt=0)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -127,7 +130,7 @@ class TransferSettings(BaseModel):
     def run_key(self) -> str:
         """Digest of what a single run's result depends on, apart from (param, size, lr, seed)."""
         fields = self.model_dump(exclude={"sizes", "params", "lrs", "seeds", "data"})
-        for key, default in (("tokenizer", None), ("device", "cpu"), ("dtype", "float32")):
+        for key, default in (("tokenizer", None), ("output_multiplier", 1.0), ("device", "cpu"), ("dtype", "float32")):
             if fields[key] == default:  # keys of runs recorded before these fields existed stay valid
                 del fields[key]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -595,6 +598,8 @@ def train_point(
     torch.manual_seed(seed)
     model = make(width=width, depth=depth)
     base: dict[str, Any] = _base_kwargs(param, settings.base_width, settings.base_depth)
+    if settings.output_multiplier != 1.0 and "base_width" in base:  # muP / CompleteP only
+        base["output_multiplier"] = settings.output_multiplier
     try:
         fxparam.transform(model, param, **base)
     except CaptureError as exc:  # a model fxparam cannot make inputs for: a slice of its own data
@@ -791,6 +796,7 @@ def transfer(
     data: Any = None,
     eval_data: Any = None,
     tokenizer: str | os.PathLike[str] | None = None,
+    output_multiplier: float = 1.0,
     device: str = "cpu",
     dtype: str = "float32",
     results: str | os.PathLike[str] | None = None,
@@ -826,6 +832,9 @@ def transfer(
             ``eval_batches`` batches are held out).
         tokenizer: a local tokenizer (folder or ``tokenizer.json``) for text ``data``; the
             built-in GPT and ``hf:`` models get its vocabulary size unless ``vocab`` is set.
+        output_multiplier: muP / CompleteP ``alpha_out`` at the base size (a base hyperparameter,
+            tuned like the LR on the small model; ``fxparam transfer`` uses 8 over width, see
+            docs/results.md); SP runs do not use it.
         device: torch device to train on (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` parameters.
         results: JSON-lines file runs are appended to as they finish; runs already in it
@@ -912,6 +921,7 @@ def transfer(
         data=data_path,
         data_digest=digest,
         tokenizer=tok,
+        output_multiplier=output_multiplier,
         device=str(device),
         dtype=dtype,  # type: ignore[arg-type]
     )

@@ -23,6 +23,7 @@ from fxparam.cli._common import (  # noqa: F401  (lr_list: re-exported, its old 
     int_list,
     lr_list,
     param_list,
+    positive_float,
     positive_int,
     progress_bar,
     set_help,
@@ -31,11 +32,14 @@ from fxparam.cli._gpt_options import add_model_options, gpt_options
 from fxparam.errors import ConfigError, FxparamError
 
 #: Shipped sweeps: (sizes, lr exponents lo..hi, steps) for each (vary, quick).
+#: Over width, muP's output multiplier alpha_out = 8 is a base hyperparameter tuned at width 32
+#: (held-out loss at the best LR, 200 steps, 2 seeds: alpha_out 1: 2.57, 2: 2.49, 4: 2.39, 8: 2.36,
+#: 16: 2.36; docs/results.md); with the untuned 1, SP beat muP at width 128 in --quick.
 PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
-    ("width", False): {"sizes": [32, 64, 128, 256], "lr_range": (-12, -6), "steps": 400},
-    ("width", True): {"sizes": [32, 64, 128], "lr_range": (-11, -6), "steps": 200},
-    ("depth", False): {"sizes": [2, 4, 8, 16], "lr_range": (-11, -5), "steps": 400},
-    ("depth", True): {"sizes": [2, 4, 8], "lr_range": (-10, -6), "steps": 200},
+    ("width", False): {"sizes": [32, 64, 128, 256], "lr_range": (-12, -6), "steps": 400, "output_multiplier": 8.0},
+    ("width", True): {"sizes": [32, 64, 128], "lr_range": (-11, -6), "steps": 200, "output_multiplier": 8.0},
+    ("depth", False): {"sizes": [2, 4, 8, 16], "lr_range": (-11, -5), "steps": 400, "output_multiplier": 1.0},
+    ("depth", True): {"sizes": [2, 4, 8], "lr_range": (-10, -6), "steps": 200, "output_multiplier": 1.0},
 }
 
 _EPILOG = """\
@@ -99,6 +103,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per update (default 8)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    p.add_argument(
+        "--output-multiplier",
+        type=positive_float,
+        default=None,
+        metavar="ALPHA_OUT",
+        help="muP/CompleteP output multiplier alpha_out at the base width, a base hyperparameter "
+        "(default 8 over width: tuned at width 32 on the built-in GPT; 1 over depth)",
+    )
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per point, averaged (default 1)")
     p.add_argument("--eval-batches", type=positive_int, default=16, help="held-out batches (default 16)")
     p.add_argument(
@@ -147,6 +159,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "eval_batches": args.eval_batches,
         "data": args.data,
         "tokenizer": args.tokenizer,
+        "output_multiplier": args.output_multiplier or preset["output_multiplier"],
         "device": args.device,
         "dtype": args.dtype,
     }

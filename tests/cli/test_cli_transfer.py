@@ -116,3 +116,22 @@ def test_depth_variant_with_text_file(tmp_path, capsys):
     assert "| μP |" in out and "| CompleteP |" in out and "depth 1" in out
     data = json.loads((tmp_path / "o" / "depth.json").read_text())
     assert {p["depth"] for p in data["points"]} == {1, 2} and {p["width"] for p in data["points"]} == {32}
+
+
+def test_output_multiplier_is_a_base_hyperparameter(tmp_path, capsys):
+    import fxparam
+    from fxparam.models import GPT, GPTConfig
+
+    assert main(["transfer", *TINY, "--widths", "32,64", "--param", "mup", "--out", str(tmp_path / "w")]) == 0
+    settings = json.loads((tmp_path / "w" / "width.json").read_text())["settings"]
+    assert settings["output_multiplier"] == 8.0  # the tuned default over width
+    argv = ["transfer", *TINY, "--vary", "depth", "--depths", "1,2", "--width", "32", "--out", str(tmp_path / "d")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "d" / "depth.json").read_text())["settings"]["output_multiplier"] == 1.0
+    # what the runs apply: the readout output scaled by alpha_out / m_d (MuP config, Tensor Programs V)
+    plan = fxparam.plan(GPT(GPTConfig(width=64, depth=2, head_dim=16)), "mup", base_width=32, output_multiplier=8.0)
+    assert plan.multipliers["input:lm_head"] == pytest.approx(8.0 / 2)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["transfer", "--output-multiplier", "0"])
+    assert "not a positive number" in capsys.readouterr().err
