@@ -1,7 +1,7 @@
 """torch LR schedulers that keep the plan's per-group LR ratios.
 
 muP / CompleteP give every param group its own peak LR (``base_lr * fxparam_lr_mult``; e.g.
-hidden weights at ``base_lr / m_d``, shared/reference/parameterizations.md). A scheduler must
+hidden weights at ``base_lr / m_d``, docs/reference/parameterizations.md). A scheduler must
 scale each group relative to its own LR (``lr = base_lr * lr_mult * schedule(t)``). Most torch
 schedulers do (``LambdaLR``, ``StepLR``, ``CosineAnnealingLR`` with ``eta_min=0``, ...); those that
 take *absolute* LRs as one scalar collapse the groups to one LR:

@@ -27,7 +27,7 @@ Identities are then classed (this is the width analysis of issue 13):
 A vocabulary equal to the width is still a vocabulary: identities, not sizes,
 decide.  Roles follow from a parameter's width dims (see ``DimAnalysis.role_of``):
 fixed -> width is an input weight, width -> width hidden, width -> fixed a readout,
-none a vector (Tensor Programs V, Table 3; shared/reference/parameterizations.md).
+none a vector (Tensor Programs V, Table 3; docs/reference/parameterizations.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ width                     fixed        readout (output weight: readout rules, ro
 none                      none         vector (biases, gains)
 ========================  ===========  ==============================================
 
-(Tensor Programs V, Table 3 / shared/reference/parameterizations.md "Roles".)  A weight
+(Tensor Programs V, Table 3 / docs/reference/parameterizations.md "Roles".)  A weight
 read by an embedding lookup and also by a matmul into a fixed output (a functional tied
 readout, ``F.linear(h, wte.weight)``) keeps embedding rules and records where the readout
 multiplier alpha_out/m_d goes (``multiplier_at``).

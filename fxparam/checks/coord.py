@@ -66,7 +66,7 @@ class Band(BaseModel):
     trained: tuple[float, float]
 
 
-#: Calibrated on the reference GPT (shared/reference/parameterizations.md, "what correct
+#: Calibrated on the reference GPT (docs/reference/parameterizations.md, "what correct
 #: muP looks like"): branches within +-0.15 at init and [-0.55, 0.40] after steps; logits
 #: shrink like width^-1/2 at init (benign) and stay in [-0.60, 0.25] after steps.
 WIDTH_BANDS: dict[str, Band] = {

@@ -4,7 +4,7 @@ The batch size ``B`` (examples, e.g. sequences, per optimizer step, all ranks to
 realised as gradient-accumulation steps of a fixed micro-batch, so ``B`` is always a multiple
 of ``micro_batch_size * world_size``. Both kinds are bounded and monotone (never decrease).
 
-Weight decay: the AdamW timescale ``tau = B / (eta * lambda * D)`` (``shared/reference/hp_laws.md``)
+Weight decay: the AdamW timescale ``tau = B / (eta * lambda * D)`` (``docs/reference/hp_laws.md``)
 stays fixed at fixed ``eta`` when ``lambda`` grows in proportion to ``B``; the schedule rescales
 every parameter group's ``weight_decay`` by ``B / reference_batch_size``.
 

@@ -5,7 +5,7 @@ programs; ``norm_fwd_triton`` / ``norm_bwd_triton`` are the host functions that 
 shapes, pick block sizes and launch. The autograd Functions live in :mod:`fxparam.kernels.norms`
 and the pure-PyTorch spec in :mod:`fxparam.kernels.reference`.
 
-Design (see ``shared/reference/gns.md``): the input is viewed as ``(B, T, N)`` (example,
+Design (see ``docs/reference/gns.md``): the input is viewed as ``(B, T, N)`` (example,
 position, hidden). The backward grid is ``(B, n_splits)``: program ``(b, s)`` handles the rows
 of example ``b`` in token blocks ``s, s + n_splits, ...`` and writes its partial sums of
 ``dy * x_hat`` (for dweight) and ``dy`` (for dbias) into a deterministic fp32 buffer

@@ -1,6 +1,6 @@
 """SμPar pass: static random masks on hidden block weights, with density-corrected init and LR.
 
-Rules (shared/reference/parameterizations.md, "SμPar"): for a hidden weight of density
+Rules (docs/reference/parameterizations.md, "SμPar"): for a hidden weight of density
 rho the effective fan-in is ``rho * d``, so ``m_d`` becomes ``m_d * rho`` in that
 weight's init and LR:
 

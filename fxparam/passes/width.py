@@ -1,6 +1,6 @@
 """Width (and depth) parameterizations: SP, muP and CompleteP.
 
-The rules are the Adam table of shared/reference/parameterizations.md, implemented
+The rules are the Adam table of docs/reference/parameterizations.md, implemented
 exactly; the SGD column follows Tensor Programs V, Table 8 (a vector with no width
 dimension, e.g. a readout bias, keeps LR eta under SGD).  Where the table is silent:
 the readout's Adam eps is eps/m_d like the embedding's (CompleteP reference code,

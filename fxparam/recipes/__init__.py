@@ -1,6 +1,6 @@
 """Hyperparameter recipes: D2Z, the AdamW timescale / Power Lines, TREC, loss-curve collapse.
 
-Math and sources: ``shared/reference/hp_laws.md`` (Bergsma et al. 2025 a-d; Al-Khateeb et al. 2023).
+Math and sources: ``docs/reference/hp_laws.md`` (Bergsma et al. 2025 a-d; Al-Khateeb et al. 2023).
 Constants marked (default, recalibrate) live in :class:`LawConstants` and the module constants of
 ``fxparam.recipes._constants``; every function takes overrides, and :func:`fit_power_law` refits
 them from your own sweeps.

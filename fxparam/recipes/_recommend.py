@@ -3,7 +3,7 @@
 Units: a :class:`Recipe`'s ``lr`` and ``weight_decay`` are *base* hyperparameters, exactly what
 :func:`fxparam.optimizer` takes (``lr=``, ``weight_decay=``; or pass ``recipe=`` directly). The plan's
 muP/CompleteP multipliers for Adam turn them into the per-group values: hidden weights get
-``lr / m_d`` and ``weight_decay * m_d`` (shared/reference/parameterizations.md, Adam table), so the
+``lr / m_d`` and ``weight_decay * m_d`` (docs/reference/parameterizations.md, Adam table), so the
 hidden timescale ``tau = B / (hidden_lr * hidden_weight_decay * D)`` is the one the recipe reports.
 """
 
@@ -187,7 +187,7 @@ def recommend(
 
     Units: ``weight_decay`` (input and output) and the output ``lr`` are *base* values, the units
     :func:`fxparam.optimizer` takes: hidden weights decay with ``weight_decay * width_multiplier``
-    (the muP/CompleteP Adam table, shared/reference/parameterizations.md). Hand the result straight
+    (the muP/CompleteP Adam table, docs/reference/parameterizations.md). Hand the result straight
     to ``fxparam.optimizer(model, torch.optim.AdamW, recipe=r)``.
 
     Args:
