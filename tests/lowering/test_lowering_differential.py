@@ -111,21 +111,24 @@ def test_supar_masks_agree_across_lowerings() -> None:
 
 
 def test_gns_eager_model_compiles_and_graph_lowerings_refuse() -> None:
-    """GNS swaps norm modules (their own backward): eager only; the eager model under Dynamo agrees."""
+    """GNS swaps norm modules (their own backward): the graph lowering refuses; the eager model under
+    Dynamo and fxparam.compile (which swaps the norms before tracing, issue 15) agree with eager."""
     case = CASES[0]
     base, analysis = _base_and_analysis(case)
     plan = build_plan(analysis, resolve_config("completep+gns", **CONFIGS["completep+gns"][1]))
     idx, _ = batch(0)
     with pytest.raises(LoweringError, match="GNS norm swaps.*fxparam.transform"):
         lower_graph(copy.deepcopy(base), plan, example_inputs=case.inputs(idx))
-    with pytest.raises(LoweringError, match="GNS norm swaps"):
-        fx_compile(copy.deepcopy(base), plan)
     torch._dynamo.reset()
     torch.manual_seed(1)
-    eager = lower_eager(copy.deepcopy(base), plan, init=True)
+    eager_run = train(case, lower_eager(copy.deepcopy(base), plan, init=True))
     torch.manual_seed(1)
     compiled = torch.compile(lower_eager(copy.deepcopy(base), plan, init=True), backend="aot_eager")
-    _assert_runs_agree(train(case, eager), train(case, compiled), "eager+torch.compile")
+    _assert_runs_agree(eager_run, train(case, compiled), "eager+torch.compile")
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    fx_compiled = fx_compile(copy.deepcopy(base), plan, init=True, inner="aot_eager")
+    _assert_runs_agree(eager_run, train(case, fx_compiled), "fxparam.compile")
 
 
 def test_negative_control_untransformed_differs() -> None:
