@@ -116,8 +116,10 @@ def test_fxparam_compile_builds_the_plan_from_a_config(gpt: tuple[nn.Module, fxp
 def test_unsupported_plans_are_refused_before_anything_changes(gpt: tuple[nn.Module, fxparam.Plan]) -> None:
     base, plan = gpt
     model = copy.deepcopy(base)
-    bad = plan.model_copy(update={"norm_swaps": ["ln_f"]})
-    with pytest.raises(LoweringError, match="GNS norm swaps"):
+    # (GNS norm swaps are supported since issue 15: fxparam.compile swaps them before tracing.)
+    name, site = next(iter(plan.attention.items()))
+    bad = plan.model_copy(update={"attention": {**plan.attention, name: site.model_copy(update={"kind": "manual"})}})
+    with pytest.raises(LoweringError, match="attention logit scale"):
         fx_compile(model, bad)
     assert getattr(model, "_fxparam_plan", None) is None and not model._forward_pre_hooks
 
