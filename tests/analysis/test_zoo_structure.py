@@ -88,3 +88,58 @@ def test_zoo_structure(name):
     for s in a.attention:
         assert s.head_dim == HD
         assert (s.scale is None) if scale is None else (s.scale == pytest.approx(scale)), s
+
+
+# ------------------------------------------------------------------ the shared zoo (tests/analysis/_zoo.py)
+
+Q = 0.25  # 1/sqrt(head dim 16), the zoo's head dim
+#: name -> (layers prefix, sites per block, branch output suffixes, attention module suffix, logit scale);
+#: from each architecture's definition (Gemma's query_pre_attn_scalar 256 -> 1/16; Gemma2 soft-caps).
+ZOO_STRUCTURE = {
+    "mistral": ("model.layers", 2, ["self_attn.o_proj", "mlp.down_proj"], "self_attn", Q),
+    "qwen2": ("model.layers", 2, ["self_attn.o_proj", "mlp.down_proj"], "self_attn", Q),
+    "mixtral": ("model.layers", 2, ["self_attn.o_proj", "mlp.experts"], "self_attn", Q),
+    "qwen3_moe": ("model.layers", 2, ["self_attn.o_proj", "mlp.experts"], "self_attn", Q),
+    "gemma2": ("model.layers", 2, ["post_attention_layernorm", "post_feedforward_layernorm"], "self_attn", None),
+    "gemma3": ("model.layers", 2, ["post_attention_layernorm", "post_feedforward_layernorm"], "self_attn", 1 / 16),
+    "olmo2": ("model.layers", 2, ["post_attention_layernorm", "post_feedforward_layernorm"], "self_attn", Q),
+    "gptj": ("transformer.h", 1, ["attn.out_proj", "mlp.fc_out"], "attn", Q),
+    "phi": ("model.layers", 1, ["self_attn.dense", "mlp.fc2"], "self_attn", Q),
+    "falcon": ("transformer.h", 1, ["self_attention.dense", "mlp.dense_4h_to_h"], "self_attention", Q),
+    "opt": ("model.decoder.layers", 2, ["self_attn.out_proj", "fc2"], "self_attn", Q),
+    "gpt_bigcode": ("transformer.h", 2, ["attn.c_proj", "mlp.c_proj"], "attn", Q),
+}
+
+
+def _shared_zoo():
+    from tests.analysis import _zoo  # the same module (and cached analyses) as test_hf_zoo.py
+
+    return _zoo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*ZOO_STRUCTURE, "t5"])
+def test_shared_zoo_structure(name):
+    zoo = _shared_zoo()
+    depth = zoo.ZOO[name][3]["depth"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = zoo.analysis(name)
+    if name == "t5":  # encoder and decoder: two streams, each its own depth; sub-layers are not blocks
+        assert a.stream_depths == [depth, depth] and a.depth == depth
+        blocks = [f"{s}.block.{i}" for s in ("encoder", "decoder") for i in range(depth)]
+        assert sorted(a.blocks) == sorted(blocks)
+        assert len(a.residuals) == 2 * depth + 3 * depth
+        attn = [f"encoder.block.{i}.layer.0.SelfAttention" for i in range(depth)] + [
+            f"decoder.block.{i}.layer.{j}.{k}" for i in range(depth) for j, k in ((0, "SelfAttention"), (1, "EncDecAttention"))]
+        assert sorted(s.module for s in a.attention) == sorted(attn)
+        assert all(s.scale == 1.0 for s in a.attention)  # T5 does not scale q.k
+        return
+    prefix, per_block, outputs, attn, scale = ZOO_STRUCTURE[name]
+    blocks = [f"{prefix}.{i}" for i in range(depth)]
+    assert a.depth == depth and a.stream_depths == [depth] and a.blocks == blocks
+    assert len(a.residuals) == per_block * depth
+    assert sorted(m for r in a.residuals for m in r.output_modules) == sorted(f"{b}.{o}" for b in blocks for o in outputs)
+    assert [s.module for s in a.attention] == [f"{b}.{attn}" for b in blocks]
+    for s in a.attention:
+        assert (s.scale is None) if scale is None else (s.scale == pytest.approx(scale)), s
