@@ -151,7 +151,12 @@ def optimizer(
         >>> r = fxparam.recipes.recommend(params=610e6, tokens=48.5e9, base_lr=1.62e-2, width_multiplier=8)
         >>> opt = fxparam.optimizer(model, torch.optim.AdamW, recipe=r)
     """
-    if rule is None and _is_muon(opt_cls):
+    if rule is not None and _is_muon(opt_cls):
+        raise OptimizerError(
+            "fxparam.optimizer: Muon has its own muP rule (Muon on hidden matrices, AdamW for the rest, "
+            "docs/muon.md); drop rule="
+        )
+    if _is_muon(opt_cls):
         if recipe is not None:
             raise OptimizerError("fxparam.optimizer: recipe= assumes AdamW; pass lr= and weight_decay= for Muon")
         if lr is None:
