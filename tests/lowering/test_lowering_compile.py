@@ -118,7 +118,9 @@ def test_unsupported_plans_are_refused_before_anything_changes(gpt: tuple[nn.Mod
     model = copy.deepcopy(base)
     # (GNS norm swaps are supported since issue 15: fxparam.compile swaps them before tracing.)
     name, site = next(iter(plan.attention.items()))
-    bad = plan.model_copy(update={"attention": {**plan.attention, name: site.model_copy(update={"kind": "manual"})}})
+    # a hand-written site whose scale must change (an unchanged one needs no setting: muP's ratio is 1 at the base head dim)
+    manual = site.model_copy(update={"kind": "manual", "scale": site.previous * 0.5})
+    bad = plan.model_copy(update={"attention": {**plan.attention, name: manual}})
     with pytest.raises(LoweringError, match="attention logit scale"):
         fx_compile(model, bad)
     assert getattr(model, "_fxparam_plan", None) is None and not model._forward_pre_hooks
