@@ -474,7 +474,9 @@ def _planned_lr_mults(opt: torch.optim.Optimizer) -> Any:
     plans = [getattr(m, PLAN_ATTR) for m in list(ATTACHED_MODELS) if getattr(m, PLAN_ATTR, None) is not None]
     anything_planned = bool(plans) or bool(PLANNED_LR_MULT)
     unknown = [p for g in opt.param_groups for p in g["params"] if id(p) not in table]
-    if unknown and anything_planned:
+    # a copy of a transformed model has the same shapes as a live attached one: only then search (gc walk)
+    shapes = {tuple(p.shape) for m in list(ATTACHED_MODELS) for p in m.parameters()}
+    if unknown and anything_planned and tuple(unknown[0].shape) in shapes:
         root = _planned_root_of(unknown[0])  # a copy's Parameters share one root: one search
         if root is not None:
             ATTACHED_MODELS.add(root)
