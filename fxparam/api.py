@@ -23,7 +23,8 @@ from fxparam.plan import Plan
 __all__ = ["apply_plan", "compile", "inspect", "plan", "transform"]
 
 
-def inspect(model: nn.Module, example_inputs: Any = None) -> Analysis:
+def inspect(model: nn.Module, example_inputs: Any = None, *, roles: dict[str, str] | None = None,
+            rebuild: Any = None) -> Analysis:
     """Analyse ``model``'s structure without modifying it.
 
     Captures a meta-device skeleton (no memory, cost independent of width), then finds
@@ -34,6 +35,12 @@ def inspect(model: nn.Module, example_inputs: Any = None) -> Analysis:
         model: any ``torch.nn.Module``.
         example_inputs: a tensor, tuple, dict of kwargs or ``(args, kwargs)``; optional
             for ``fxparam.models.GPT`` and Hugging Face models (``config.vocab_size``).
+        roles: per-parameter role overrides ``{"fqn" or "re:pattern": "embedding" | "hidden" |
+            "readout" | "vector" | "frozen"}``; a parameter fxparam cannot classify gets an
+            ``UnclassifiedWarning`` and a note naming this override.
+        rebuild: ``make(width) -> nn.Module`` (or True for the reference GPT / HF configs): a
+            second build at twice the width (meta) cross-checks the width dims and finds forward
+            constants that change with width (an embedding times sqrt(d): divided out under muP).
 
     Returns:
         The :class:`~fxparam.Analysis` (``print`` it for a table; ``.to_json()``).
@@ -50,16 +57,26 @@ def inspect(model: nn.Module, example_inputs: Any = None) -> Analysis:
     """
     from fxparam.lowering._rollback import inner_module
 
-    return analyse(inner_module(model), example_inputs)  # through torch.compile / DDP; PEFT, FSDP refused
+    return analyse(inner_module(model), example_inputs, roles=roles, rebuild=rebuild)  # through torch.compile / DDP; PEFT, FSDP refused
 
 
-def plan(model: nn.Module, config: str | AnyConfig, *, example_inputs: Any = None, **kwargs: Any) -> Plan:
+def plan(
+    model: nn.Module,
+    config: str | AnyConfig,
+    *,
+    example_inputs: Any = None,
+    roles: dict[str, str] | None = None,
+    rebuild: Any = None,
+    **kwargs: Any,
+) -> Plan:
     """What ``transform`` would do to ``model``, without doing it (a pure Plan).
 
     Args:
         model: any ``nn.Module`` (left untouched).
         config: a config object or a name (``"mup"``, ``"completep+supar"``), as for :func:`transform`.
         example_inputs: inputs for capture; optional for GPT and HF models.
+        roles: per-parameter role overrides, as for :func:`inspect`.
+        rebuild: a second build at another width, as for :func:`inspect`.
         **kwargs: fields of the named config(s) (``base_width=...``).
 
     Returns:
@@ -80,7 +97,7 @@ def plan(model: nn.Module, config: str | AnyConfig, *, example_inputs: Any = Non
 
     cfg = resolve_config(config, **kwargs)
     model = inner_module(model)
-    the_plan = build_plan(analyse(model, example_inputs), cfg)
+    the_plan = build_plan(analyse(model, example_inputs, roles=roles, rebuild=rebuild), cfg)
     the_plan.model_shapes = model_shapes(model)  # the analysis fingerprint apply_plan checks
     return the_plan
 
@@ -92,6 +109,8 @@ def transform(
     example_inputs: Any = None,
     init: bool = True,
     lowering: Literal["eager", "graph"] = "eager",
+    roles: dict[str, str] | None = None,
+    rebuild: Any = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Reparameterize ``model`` in place and return it (eager), or return a GraphModule.
@@ -105,6 +124,8 @@ def transform(
         init: re-initialise weights per the plan; pass False before loading a checkpoint.
         lowering: "eager" (hooks and attributes on this module) or "graph" (a
             ``torch.fx.GraphModule`` with the multipliers as explicit nodes).
+        roles: per-parameter role overrides, as for :func:`inspect`.
+        rebuild: a second build at another width, as for :func:`inspect`.
 
     Returns:
         ``model`` itself, transformed in place (eager), or a new ``torch.fx.GraphModule``
@@ -123,7 +144,7 @@ def transform(
         ...                           base_width=64, base_depth=2)
         >>> opt = fxparam.optimizer(model, torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
     """
-    the_plan = plan(model, config, example_inputs=example_inputs, **kwargs)
+    the_plan = plan(model, config, example_inputs=example_inputs, roles=roles, rebuild=rebuild, **kwargs)
     return apply_plan(model, the_plan, init=init, lowering=lowering, example_inputs=example_inputs)
 
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import torch.nn as nn
 
-from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite
+from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite, WidthConstant
 from fxparam.analysis.graph import build_graph
 from fxparam.analysis.dims import DimAnalysis
+from fxparam.analysis.rebuild import Rebuild, changed_axes, warn_constants, wider, width_constants
 from fxparam.analysis.roles import override, param_role, warn_unclassified
 from fxparam.analysis.structure import StructureFinder
 from fxparam.capture import Capture, capture
@@ -33,6 +34,7 @@ def analyse(
     cap: Capture | None = None,
     roles: dict[str, str] | None = None,
     changed: dict[str, list[int]] | None = None,
+    rebuild: Rebuild | bool | None = None,
 ) -> Analysis:
     """Analyse ``model`` without modifying it (see ``fxparam.inspect``).
 
@@ -40,12 +42,18 @@ def analyse(
         roles: user overrides ``{"fqn" or "re:pattern": "embedding"|"hidden"|"readout"|"vector"|"frozen"}``.
         changed: ``{skeleton param FQN: axes that grow}`` from a capture at a second width
             (``fxparam.analysis.rebuild``); cross-checks the dimension analysis.
+        rebuild: a factory ``make(width) -> nn.Module``, or True for the reference GPT / an HF
+            model rebuilt from its config: a second build at twice the width (meta) cross-checks
+            which axes grow and finds forward constants that change with width.
     """
     cap = cap or capture(model, example_inputs)
     mg = build_graph(cap)
     sf = StructureFinder(mg)
     dims = DimAnalysis(mg, [s.add for s in sf.sites], changed=changed)
     width = dims.width if dims.width is not None else sf.width()
+    second, rebuild_notes = None, []
+    if rebuild and width:
+        dims, second, rebuild_notes = _second_width(model, example_inputs, cap, mg, sf, dims, width, rebuild)
 
     # --- per skeleton parameter: roles from width dims (fxparam.analysis.roles) ---------
     skel_info: dict[str, dict[str, Any]] = {}  # skeleton FQN of the use's alias -> fields
@@ -71,7 +79,7 @@ def analyse(
     # --- expand to the model's real FQNs --------------------------------------------
     groups = tied_groups(model)
     params: dict[str, ParamInfo] = {}
-    notes: list[str] = []
+    notes: list[str] = list(rebuild_notes)
     warned: set[str] = set()
     for name, p in model.named_parameters(remove_duplicate=False):
         skel = cap.skeleton_name(name)
@@ -90,6 +98,11 @@ def analyse(
             notes.append(warning.replace(skel, name))
         params[name] = ParamInfo(**info)
     warn_unclassified(notes)
+    emb_modules = {_module_of(a) for a, i in skel_info.items() if i["role"] == "embedding"}
+    found = width_constants(mg, model, width, emb_modules, second)
+    notes += warn_constants(found)
+    constants = [WidthConstant(module=c.module, value=c.value, exponent=c.exponent or 0.0, scales=c.scales,
+                               evidence=c.evidence) for c in found]
 
     residuals: list[ResidualSite] = []
     blocks: list[str] = []
@@ -161,6 +174,7 @@ def analyse(
         norms=norms,
         capture_method=cap.method,
         notes=notes,
+        width_constants=constants,
         capture_seconds=round(cap.seconds, 4),
     )
 
@@ -206,6 +220,35 @@ def _previous_block(cap: Capture, fqn: str) -> str:
         if kept >= 2 and (fqn == last or fqn.startswith(last + ".")):
             return f"{prefix}.{kept - 2}" + fqn[len(last) :]
     return fqn
+
+
+def _second_width(model, example_inputs, cap, mg, sf, dims, width, rebuild):
+    """Build the model at twice the width (meta), seed the axes that grow, capture it for constants."""
+    wide = wider(model, width, 2, rebuild)
+    if wide is None:
+        return dims, None, [f"rebuild: {type(model).__name__} cannot be rebuilt at a second width "
+                            "(pass rebuild=make(width)); width dims from the dimension analysis only"]
+    grows = changed_axes(model, wide)
+    notes = []
+    skel_changed: dict[str, list[int]] = {}
+    for name, axes in grows.items():
+        skel = cap.skeleton_name(name)
+        skel_changed.setdefault(skel, axes)
+    for pnode, fqn in mg.param_of.items():
+        axes = skel_changed.get(fqn)
+        used = pnode in mg.g and any(True for _ in mg.g.successors(pnode))
+        if used and axes is not None and len(mg.shape(pnode) or ()) >= 2 and dims.width_axes(pnode) != axes:
+            notes.append(f"rebuild: {fqn}: the dimension analysis finds width axes {dims.width_axes(pnode)}, "
+                         f"the build at width {2 * width} grows axes {axes}; using the build's")
+    dims = DimAnalysis(mg, [s.add for s in sf.sites], changed=skel_changed)
+    second = None
+    try:
+        cap2 = capture(wide, example_inputs)
+        second = (build_graph(cap2), wide, 2 * width)
+    except Exception as exc:  # noqa: BLE001 - the second capture is a cross-check, never required
+        notes.append(f"rebuild: the build at width {2 * width} could not be captured ({type(exc).__name__}); "
+                     "forward constants checked against powers of the width only")
+    return dims, second, notes
 
 
 def _submodule(model: nn.Module, fqn: str) -> nn.Module | None:

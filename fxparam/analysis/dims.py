@@ -147,6 +147,10 @@ class DimAnalysis:
         self.params = set(mg.param_of)
         for node in mg.nodes.values():
             self._visit(node)
+        self.param_grows: dict[str, set[int]] = {}
+        for pnode, fqn in mg.param_of.items():
+            if fqn in (changed or {}):
+                self.param_grows[pnode] = set((changed or {})[fqn])
         self._classify(list(residual_adds), changed or {})
 
     # ------------------------------------------------------------------ plumbing
@@ -838,12 +842,15 @@ class DimAnalysis:
     # ------------------------------------------------------------------ queries
 
     def is_width(self, key: Key) -> bool:
+        grows = self.param_grows.get(key[0])
+        if grows is not None:  # a second build at another width says which axes grow: it decides
+            return key[1] in grows
         return self.cls(key) in self.width_classes
 
     def describe(self, key: Key) -> str:
         """A short name for a dim's identity: "width (residual stream)", "vocabulary", ..."""
         c = self.cls(key)
-        if c in self.width_classes:
+        if self.is_width(key):
             return "width"
         if c in self.fixed:
             return self.fixed[c]

@@ -98,6 +98,25 @@ class AttentionSite(_Fact):
     scale_attr_module: str | None = None
 
 
+class WidthConstant(_Fact):
+    """A constant in the forward that changes with width (issue 13, case 10).
+
+    Attributes:
+        module: FQN of the module whose forward applies it ("" for the root).
+        value: its value at this width.
+        exponent: k in value ~ width^k.
+        scales: the embedding module whose output it (only) scales; muP divides it out there
+            with a multiplier m_d^-k.  None: not corrected (a warning and a note say so).
+        evidence: the two values from a second build, or the power of the width it equals.
+    """
+
+    module: str
+    value: float
+    exponent: float
+    scales: str | None = None
+    evidence: str = ""
+
+
 class NormSite(_Fact):
     """A normalisation layer (its gain / bias are vectors)."""
 
@@ -122,6 +141,7 @@ class Analysis(_Fact):
     norms: list[NormSite]
     capture_method: str = "export"
     notes: list[str] = Field(default_factory=list, description="warnings and decisions (unclassified parameters...)")
+    width_constants: list[WidthConstant] = Field(default_factory=list)
     capture_seconds: float = 0.0
 
     def to_json(self, **kwargs: object) -> str:

@@ -69,6 +69,9 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
         plan.base_depth, plan.alpha = cfg.base_depth, alpha
     plan.base_width, plan.m_d, plan.m_L = cfg.base_width, m_d, m_L
     plan.notes.extend(n for n in analysis.notes if n not in plan.notes)
+    for wc in analysis.width_constants:  # x sqrt(d) on an embedding inside forward: divided out (issue 13)
+        if wc.scales:
+            plan.multiply(wc.scales, m_d**-wc.exponent)
     depth_lr = m_L ** (alpha - 1.0)  # CompleteP: hidden and in-block vector LR factor
     depth_eps = m_L**alpha
     sigma = cfg.init_std

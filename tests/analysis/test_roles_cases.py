@@ -50,6 +50,9 @@ class FunctionalTiedLM(nn.Module):
             x = b(x)
         return F.linear(self.ln_f(x), self.wte.weight)
 
+    def example_inputs(self):
+        return (torch.zeros(2, 8, dtype=torch.long),)
+
 
 class LinearHeadLM(nn.Module):
     """Cases 2 and 3: an nn.Linear readout, optionally a factorised input Embedding(V, e) -> Linear(e, d)."""
@@ -216,6 +219,9 @@ class ConvNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+    def example_inputs(self):
+        return (torch.zeros(2, 3, 8, 8),)
 
 
 @pytest.mark.parametrize("image", [12, 16, 32])
