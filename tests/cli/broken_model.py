@@ -9,11 +9,15 @@ from fxparam.models import GPT, GPTConfig
 
 
 class ScaledEmbedding(nn.Embedding):
-    """An embedding whose output is multiplied by a constant (no parameter, so no plan can fix it)."""
+    """An embedding whose output is multiplied by a learnable gain initialised to ``factor``.
+
+    A parameter, not a constant: the analysis cannot fold it as a width constant, and the plan
+    keeps its value (a scalar gain is a vector-like parameter), so the breakage survives.
+    """
 
     def __init__(self, num: int, dim: int, factor: float) -> None:
         super().__init__(num, dim)
-        self.factor = factor
+        self.factor = nn.Parameter(torch.tensor(float(factor)))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return super().forward(idx) * self.factor
