@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    import fxparam
+    from fxparam._version import __version__
 
-    return str(getattr(fxparam, "__version__", "unknown"))
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

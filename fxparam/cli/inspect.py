@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fxparam.cli._gpt_options import add_model_options, gpt_options
+from fxparam.configs import config_names  # the registered parameterizations (their classes name themselves)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--plan",
         default=None,
         metavar="CONFIG",
-        help="also show the plan of a parameterization, e.g. 'completep' or 'mup+supar'",
+        help=f"also show the plan of a parameterization: {', '.join(config_names())}; join with '+' "
+        "(e.g. 'mup+supar')",
     )
     p.add_argument("--base-width", type=int, default=None, help="base width for --plan (muP/CompleteP)")
     p.add_argument("--base-depth", type=int, default=None, help="base depth for --plan (CompleteP)")

@@ -8,6 +8,7 @@ multiplier ``1/T`` on the readout: the readout has no bias, so logits scale by e
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pydantic import Field
 
 import fxparam
 from fxparam.analysis import Analysis
+from fxparam.cli import build_parser
 from fxparam.cli._common import param_list
 from fxparam.cli.coord_check import base_kwargs as cli_base_kwargs
 from fxparam.cli.coord_check import expects
@@ -90,6 +92,8 @@ def test_name_lists_and_base_keywords_see_it(toy: type[ParamConfig]) -> None:
     assert base_kwargs("readouttemp", temperature=T, base_width=64) == {"temperature": T}
     assert cli_base_kwargs("mup+readouttemp", 64, 2) == {"base_width": 64}
     assert expects("readouttemp") == {"width": False, "depth": False}  # no base_width/base_depth field
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert "readouttemp" in " ".join(sub.choices["inspect"].format_help().split())  # `fxparam inspect --plan`
     with pytest.raises(ConfigError, match="temperature is required"):
         resolve_config("readouttemp")
 
