@@ -284,3 +284,16 @@ def test_sub_layers_with_their_own_adds_are_not_blocks(n):
 def test_hybrid_stack_of_alternating_block_classes_counts_each_block():
     a = _inspect(Stack([SubAttn(), SubFF(), SubAttn(), SubFF()]))  # e.g. attention / SSM hybrids
     assert a.depth == 4 and a.blocks == [f"encoder.{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize(("container", "kind", "n"), [("dict", "const", 2), ("attrs", "layerscale", 3),
+                                                      ("shared", "own", 4)])
+def test_completep_at_base_width_and_depth_is_the_identity(container, kind, n):
+    torch.manual_seed(0)
+    model = LM(1 if container == "shared" else n, container, kind=kind, shared_applications=n)
+    reference = copy.deepcopy(model)
+    plan = fxparam.plan(model, CompleteP(base_width=D, base_depth=n), example_inputs=(IDS,))
+    assert plan.m_L == pytest.approx(1.0) and plan.m_d == pytest.approx(1.0)
+    fxparam.apply_plan(model, plan, example_inputs=(IDS,))
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS), reference(IDS))
