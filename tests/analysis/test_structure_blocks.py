@@ -145,7 +145,7 @@ def test_shared_block_applied_four_times_is_depth_four():
 def test_shared_block_branch_scaled_once_per_application():
     torch.manual_seed(0)
     model = LM(1, "shared", shared_applications=4)
-    reference = copy.deepcopy(model)
+    reference, for_graph = copy.deepcopy(model), copy.deepcopy(model)
     plan = fxparam.plan(model, DepthScaled(base_depth=1), example_inputs=(IDS,))
     # 1/m_L once (m_L = 4/1), not compounded over the four applications (0.25**4)
     assert plan.multipliers == {"block.mix": pytest.approx(0.25), "block.mlp.down": pytest.approx(0.25)}
@@ -160,6 +160,9 @@ def test_shared_block_branch_scaled_once_per_application():
         want = reference.head(reference.ln_f(x))
         torch.testing.assert_close(model(IDS), want)
         assert not torch.allclose(reference(IDS), want)  # the multiplier does change the model
+        # the graph lowering scales every call of the module once, too
+        graph = fxparam.apply_plan(for_graph, plan, lowering="graph", example_inputs=(IDS,))
+        torch.testing.assert_close(graph(IDS), want)
 
 
 # ------------------------------------------------------------------ case 7: branch-only scaling
