@@ -14,7 +14,9 @@ unless stated) on the same batches with AdamW, on the PyTorch path of the kernel
   gradient norms of all parameters without materialising them (one backward, norms only);
 - ``backpack``: BackPACK ``BatchL2Grad`` on the Linear layers (BackPACK has no LayerNorm or
   Embedding support);
-- ``vmap``: ``torch.func.vmap(grad)`` per-example gradients of all parameters + their norms.
+- ``vmap``: ``torch.func.vmap(grad)`` per-example gradients of all parameters + their norms;
+- ``baseline_compiled`` / ``gns_compiled``: the first two under ``torch.compile(fullgraph=True)``
+  (Inductor); the GNS model gets its per-example gradient sinks from ``fxparam.gns.prepare``.
 
 Timing: methods are interleaved round by round in one process (drift hits all alike); the
 median over rounds of the per-step time is reported, with its ratio to the baseline. Memory: each
@@ -38,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fxparam.gns import monitor, swap_norms
+from fxparam.gns import monitor, prepare, swap_norms
 from fxparam.models.gpt import GPT, GPTConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,6 +103,34 @@ class GNS(Method):
 
     def forward_backward(self, idx, tgt):
         _, loss = self.model(idx, tgt)
+        loss.backward()
+        return self.mon.update()
+
+
+class BaselineCompiled(Method):
+    def setup(self) -> None:
+        self.run = torch.compile(self.model, fullgraph=True)
+        self.note = "nothing (torch.compile, Inductor, fullgraph)"
+
+    def forward_backward(self, idx, tgt):
+        _, loss = self.run(idx, tgt)
+        loss.backward()
+        return None
+
+
+class GNSCompiled(Method):
+    def setup(self) -> None:
+        swap_norms(self.model)
+        self.mon = monitor(self.model)
+        self.run = torch.compile(self.model, fullgraph=True)
+        self.prepared: tuple[int, ...] | None = None
+        self.note = "norm-layer parameters (torch.compile, Inductor, fullgraph; sinks via fxparam.gns.prepare)"
+
+    def forward_backward(self, idx, tgt):
+        if self.prepared != tuple(idx.shape):  # once per batch shape: the sinks are graph inputs
+            prepare(self.model, idx, tgt)
+            self.prepared = tuple(idx.shape)
+        _, loss = self.run(idx, tgt)
         loss.backward()
         return self.mon.update()
 
@@ -196,6 +226,8 @@ METHODS = {
     "opacus_ghost": OpacusGhost,
     "backpack": BackPACK,
     "vmap": VMap,
+    "baseline_compiled": BaselineCompiled,
+    "gns_compiled": GNSCompiled,
 }
 
 
@@ -243,14 +275,16 @@ def time_methods(names: list[str], norm: str, B: int, T: int, rounds: int, steps
             "steps_per_round": steps,
             "tracks": live[n].note or "nothing",
         }
-    if "baseline" in live:
+    base = next((b for b in ("baseline", "baseline_compiled") if b in live), None)
+    if base is not None:
         for n in live:
             # Paired per-round ratios (same round, adjacent in time) are robust to load drift.
-            paired = [a / b for a, b in zip(cpu[n], cpu["baseline"], strict=True)]
+            paired = [a / b for a, b in zip(cpu[n], cpu[base], strict=True)]
+            out[n]["ratio_base"] = base
             out[n]["cpu_ratio_vs_baseline_median"] = statistics.median(paired)
-            out[n]["cpu_ratio_vs_baseline_min"] = min(cpu[n]) / min(cpu["baseline"])
+            out[n]["cpu_ratio_vs_baseline_min"] = min(cpu[n]) / min(cpu[base])
             out[n]["wall_ratio_vs_baseline_median"] = statistics.median(
-                [a / b for a, b in zip(wall[n], wall["baseline"], strict=True)]
+                [a / b for a, b in zip(wall[n], wall[base], strict=True)]
             )
     return out
 
@@ -332,6 +366,12 @@ def main() -> None:
         help="torch threads (default 1: on a shared 2-core machine OpenMP spin-waits make multi-thread "
         "timings measure the neighbours, not the method)",
     )
+    ap.add_argument("--no-compiled", action="store_true", help="skip the torch.compile pair")
+    ap.add_argument(
+        "--core-only",
+        action="store_true",
+        help="time baseline/gns (eager and compiled) only; keep the anchor and memory tables of the last full run",
+    )
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mem-steps", type=int, default=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -354,13 +394,30 @@ def main() -> None:
     for norm in ("layernorm", "rmsnorm"):
         print(f"[{norm}] baseline vs gns, {core_rounds} interleaved rounds ...", flush=True)
         result["timing"][norm] = time_methods(["baseline", "gns"], norm, B, T, core_rounds, steps)
-    print(f"[layernorm] anchors, {anchor_rounds} rounds ...", flush=True)
-    result["timing"]["anchors_layernorm"] = time_methods(
-        ["baseline", "gns", *ANCHORS], "layernorm", B, T, anchor_rounds, 2
-    )
-    for name in ("baseline", "gns", *ANCHORS):
-        print(f"[memory] {name} ...", flush=True)
-        result["memory"][name] = measure_memory(name, "layernorm", B, T, 3, mem_repeats, args.threads)
+    if not args.no_compiled:
+        for norm in ("layernorm", "rmsnorm"):
+            print(f"[{norm}] compiled baseline vs compiled gns, {core_rounds} interleaved rounds ...", flush=True)
+            result["timing"][f"compiled_{norm}"] = time_methods(
+                ["baseline_compiled", "gns_compiled"], norm, B, T, core_rounds, steps
+            )
+    previous = RESULTS / "gns_overhead.json"
+    if args.core_only and previous.exists():
+        # Keep the anchor and memory tables of the last full run (e.g. where Opacus/BackPACK are
+        # not installed); the markdown says which run each table comes from.
+        old = json.loads(previous.read_text())
+        result["timing"]["anchors_layernorm"] = old["timing"]["anchors_layernorm"]
+        result["memory"] = old["memory"]
+        result["anchors_and_memory_from"] = old.get("anchors_and_memory_from") or (
+            f"an earlier full run (load average at its start {old.get('loadavg_start', '?')})"
+        )
+    else:
+        print(f"[layernorm] anchors, {anchor_rounds} rounds ...", flush=True)
+        result["timing"]["anchors_layernorm"] = time_methods(
+            ["baseline", "gns", *ANCHORS], "layernorm", B, T, anchor_rounds, 2
+        )
+        for name in ("baseline", "gns", *ANCHORS):
+            print(f"[memory] {name} ...", flush=True)
+            result["memory"][name] = measure_memory(name, "layernorm", B, T, 3, mem_repeats, args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gns_overhead.json").write_text(json.dumps(result, indent=2) + "\n")
 
@@ -371,18 +428,28 @@ def main() -> None:
         f"Reference GPT width 256, depth 4, rotary, batch {B} x {T} tokens, AdamW. "
         "Generated by `benchmarks/gns_overhead.py`. Times are process CPU time per training step "
         "(robust to other jobs on this shared machine); ratios are medians of per-round ratios to "
-        "the baseline measured in the same round.",
+        "the baseline measured in the same round (compiled GNS against the compiled baseline).",
         "",
         "| norm | method | tracks | CPU ms/step (median) | ratio vs no tracking (median of rounds) | ratio of minima |",
         "|---|---|---|---|---|---|",
     ]
     for norm in ("layernorm", "rmsnorm"):
-        for n, d in result["timing"][norm].items():
+        pairs = list(result["timing"][norm].items()) + list(result["timing"].get(f"compiled_{norm}", {}).items())
+        for n, d in pairs:
+            if "skipped" in d:
+                lines.append(f"| {norm} | {n} | {d['skipped']} | - | - | - |")
+                continue
             lines.append(
                 f"| {norm} | {n} | {d.get('tracks', '-')} | {_fmt(d.get('cpu_ms_median'), '.1f')} | "
                 f"{_fmt(d.get('cpu_ratio_vs_baseline_median'), '.3f')} | {_fmt(d.get('cpu_ratio_vs_baseline_min'), '.3f')} |"
             )
     lines += [
+        "",
+        *(
+            [f"Anchor and memory table below: from {result['anchors_and_memory_from']} (this run: `--core-only`)."]
+            if result.get("anchors_and_memory_from")
+            else []
+        ),
         "",
         "| method (LayerNorm model) | tracks | CPU ms/step | ratio vs no tracking | peak RSS growth (MB) | extra vs baseline (MB) |",
         "|---|---|---|---|---|---|",
