@@ -117,6 +117,7 @@ def analyse(
                     output_modules=[ren(m) for m in site.output_modules],
                     stream=site.stream,
                     application=site.application,
+                    unscalable=site.unscalable,
                 )
             )
     for r in sorted(residuals, key=lambda r: _block_key(r.block)):

@@ -66,6 +66,8 @@ class ResidualSite(_Fact):
             encoder-decoder has two, each with its own depth).
         application: the nth application of ``block`` on its stream (a block module
             applied n times in a loop has n applications, each one residual block).
+        unscalable: why ``output_modules`` is empty (the branch is computed inline, or its
+            last module is also called outside every branch); depth configs refuse it.
     """
 
     block: str
@@ -74,6 +76,7 @@ class ResidualSite(_Fact):
     output_modules: list[str]
     stream: int = 0
     application: int = 0
+    unscalable: str = ""
 
 
 class AttentionSite(_Fact):

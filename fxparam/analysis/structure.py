@@ -71,6 +71,8 @@ class RawSite:
     block_call: str | None = None  # nn_module_stack key of the block's call (one per application)
     stream: int = 0  # which residual stream (encoder and decoder of a seq2seq model: two)
     application: int = 0  # nth application of the block module in its stream (shared blocks)
+    output_calls: list[str] = field(default_factory=list)  # call keys of the output modules
+    unscalable: str = ""  # why no module's output is the branch alone (empty output_modules)
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,29 @@ class StructureFinder:
         self._assign_blocks(sites)
         for site in sites:
             self._name_site(site)
+        self._check_output_calls(sites)
         return sites
+
+    def _check_output_calls(self, sites: list[RawSite]) -> None:
+        """A branch's output module that is also called outside every residual branch cannot carry the
+        depth multiplier (it would scale that call too): such sites get no output module, and a reason."""
+        calls_of: dict[str, set[str]] = {}
+        for stack in self.calls.values():
+            for c in stack:
+                calls_of.setdefault(c.fqn, set()).add(c.key)
+        branch_calls: dict[str, set[str]] = {}
+        for site in sites:
+            for fqn, key in zip(site.output_modules, site.output_calls):
+                branch_calls.setdefault(fqn, set()).add(key)
+        extra = {fqn: calls_of.get(fqn, set()) - keys for fqn, keys in branch_calls.items()}
+        for site in sites:
+            bad = [fqn for fqn in site.output_modules if extra.get(fqn)]
+            if bad:
+                site.unscalable = (
+                    f"module {bad[0]!r} ends this branch but is also called outside every residual branch "
+                    f"({len(extra[bad[0]])} other call(s)): a multiplier on it would scale those calls too"
+                )
+                site.output_modules, site.output_calls = [], []
 
     # ----------------------------------------------------------------- blocks and depth
 
@@ -363,7 +387,7 @@ class StructureFinder:
             return True
         return any(call.key not in {c.key for c in self.calls.get(u, [])} for u in self.g.successors(n))
 
-    def _branch_output(self, site: RawSite, b: str) -> str | None:
+    def _branch_output(self, site: RawSite, b: str) -> Call | None:
         """The module whose output is this branch's contribution, skip excluded.
 
         Walks back from the add through ops that are linear in the branch (views, dropout,
@@ -381,12 +405,12 @@ class StructureFinder:
             for n in reversed(walked):
                 for c in reversed([c for c in self.calls.get(n, []) if c.key not in add_keys]):
                     if self._is_output_of(n, c):
-                        return c.fqn
+                        return c
             t = self.mg.target(cur)
             args = self._data_args(cur)
             inner = [c for c in self.calls.get(cur, []) if c.key not in add_keys]
             if inner:
-                return inner[0].fqn
+                return inner[0]
             node = self.mg.nodes[cur]
             first = getattr(node.args[0], "name", None) if node.args else None
             if t in SCALE_OPS and len(args) == 1 and (t.startswith("aten.mul") or args[0] == first):
@@ -426,8 +450,13 @@ class StructureFinder:
 
     def _name_site(self, site: RawSite) -> None:
         producers = [self.producer(b) for b in site.branch_nodes]
-        outputs = [self._branch_output(site, b) for b in site.branch_nodes]
+        found = [self._branch_output(site, b) for b in site.branch_nodes]
+        outputs = [c.fqn if c is not None else None for c in found]
         site.output_modules = [o for o in outputs if o is not None]
+        site.output_calls = [c.key for c in found if c is not None]
+        if None in outputs:
+            site.unscalable = "the branch is computed inline by the module that adds it"
+
         if not site.block:
             site.block = site.output_modules[0] if site.output_modules else self.mg.owner.get(site.add, "")
         block = site.block

@@ -33,18 +33,20 @@ def scale_branches(analysis: Analysis, plan: Plan, base_depth: int, alpha: float
         ``m_L = depth / base_depth`` of the deepest stream (``Plan.m_L``).
 
     Raises:
-        AnalysisError: a residual branch is computed inline by the module that adds it (no
-            module whose output is the branch alone), or one module is the branch output
+        AnalysisError: a residual branch has no module whose output is the branch alone
+            (computed inline by the module that adds it, or its last module is also called
+            outside every branch: ``ResidualSite.unscalable``), or one module is the branch output
             of two streams with different depths; the message names the block and the fix.
     """
     depths = analysis.stream_depths or [analysis.depth]
     factors: dict[str, float] = {}
     for site in analysis.residuals:
         if not site.output_modules:
+            why = site.unscalable or "the branch is computed inline by the module that adds it"
             raise AnalysisError(
-                f"{who}: the residual branch added in {site.block!r} is computed inline by the module that "
-                "adds it, so no module's output is the branch alone and the depth multiplier cannot be put "
-                "on the branch without also scaling the skip. Move the branch's last op into a submodule "
+                f"{who}: the residual branch added in {site.block!r} has no module whose output is the branch "
+                f"alone ({why}), so the depth multiplier cannot be put on the branch without also scaling "
+                "something else (the skip, or another call). Give the branch's last op a submodule of its own "
                 "(e.g. an nn.Linear or a small nn.Module), or use a width-only config ('mup')."
             )
         m_L = depths[site.stream] / base_depth if site.stream < len(depths) else analysis.depth / base_depth

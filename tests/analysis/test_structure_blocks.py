@@ -300,3 +300,26 @@ def test_completep_at_base_width_and_depth_is_the_identity(container, kind, n):
     fxparam.apply_plan(model, plan, example_inputs=(IDS,))
     with torch.no_grad():
         torch.testing.assert_close(model(IDS), reference(IDS))
+
+
+def test_branch_module_also_called_outside_the_branches_is_refused_loudly():
+    class SharedOut(nn.Module):
+        """Every block's branch ends in ``out``, which the head path calls once more."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(V, D)
+            self.ups = nn.ModuleList([nn.Linear(D, D) for _ in range(2)])
+            self.out = nn.Linear(D, D)
+            self.head = nn.Linear(D, V)
+
+        def forward(self, idx):
+            x = self.emb(idx)
+            for up in self.ups:
+                x = x + self.out(torch.relu(up(x)))
+            return self.head(self.out(x))  # a multiplier on `out` would scale this call as well
+
+    a = _inspect(SharedOut())
+    assert a.depth == 2 and all(not r.output_modules and "also called outside" in r.unscalable for r in a.residuals)
+    with pytest.raises(AnalysisError, match="'out'.*also called outside"):
+        fxparam.plan(SharedOut(), DepthScaled(base_depth=1), example_inputs=(IDS,))
