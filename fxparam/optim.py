@@ -29,13 +29,31 @@ from fxparam.errors import OptimizerError
 from fxparam.plan import PLANNED_LR_MULT, PLANNED_PARAMS, on_attach, plan_of, record_lr_mults, unwrap
 
 Rule = Literal["adam", "sgd"]
-_ADAM = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adafactor", "SparseAdam", "FusedAdam", "AdamW8bit", "Adam8bit")
+_ADAM = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam", "FusedAdam", "AdamW8bit", "Adam8bit")
 _SGD = ("SGD",)
+#: Relative-step optimizers: the update is scaled by the parameter's own RMS, so neither column applies.
+_RELATIVE_STEP = ("Adafactor",)
+#: Adam-family classes whose ``weight_decay`` is L2 (added to the gradient before the normalisation)
+#: unless ``decoupled_weight_decay=True`` (Adamax has no decoupled option).
+_L2_ADAM = ("Adam", "NAdam", "RAdam", "Adamax")
 
 
 def rule_for(opt_cls: type) -> Rule:
-    """Which LR rules an optimizer class needs ('adam' or 'sgd')."""
+    """Which LR rules an optimizer class needs ('adam' or 'sgd').
+
+    Raises:
+        OptimizerError: a class with no known rule, or a relative-step optimizer (Adafactor: its
+            step is ``max(eps2, RMS(p)) * min(lr, 1/sqrt(t))``, Shazeer & Stern 2018, so the Adam
+            column's ``eta / m_d`` does not apply and fxparam has no muP table for it).
+    """
     for cls in opt_cls.__mro__:
+        if cls.__name__ in _RELATIVE_STEP:
+            raise OptimizerError(
+                f"{opt_cls.__name__} scales each update by the parameter's RMS and caps its LR at 1/sqrt(t) "
+                "(relative step size, Shazeer & Stern 2018): the Adam column of the muP table (hidden LR eta/m_d) "
+                "does not apply to it and fxparam has no muP table for it. Use torch.optim.AdamW (or Muon), or "
+                "pass rule='adam'/'sgd' if you derived the rule yourself (eps is then left at the class default)"
+            )
         if cls.__name__ in _ADAM:
             return "adam"
         if cls.__name__ in _SGD:
@@ -167,11 +185,45 @@ def optimizer(
         lr, weight_decay = _from_recipe(model, recipe, lr, weight_decay, rule, independent_wd)
     if lr is None:
         raise OptimizerError("fxparam.optimizer: give lr= (the base LR) or recipe= (fxparam.recipes.recommend)")
-    groups = param_groups(model, lr, weight_decay or 0.0, eps if rule == "adam" else None, rule=rule,
-                          independent_wd=independent_wd)
+    if weight_decay and rule == "adam" and _decay_is_l2(opt_cls, kwargs):
+        message = (
+            f"fxparam.optimizer: {opt_cls.__name__}(weight_decay=...) adds weight_decay * p to the gradient (L2) "
+            "before Adam's normalisation, so it is not the per-step shrink lr * wd that the muP table's hidden "
+            "weight decay (lambda * m_d) keeps width-invariant: its strength relative to the gradient changes "
+            "with width. Use torch.optim.AdamW"
+            + (f" or {opt_cls.__name__}(..., decoupled_weight_decay=True)"
+               if _default_of(opt_cls, "decoupled_weight_decay") is not None else "")
+        )
+        if recipe is not None:
+            raise OptimizerError(message + " (a recipe's timescale tau assumes decoupled decay)")
+        warnings.warn(message, UserWarning, stacklevel=2)
+    tuple_eps = isinstance(_default_of(opt_cls, "eps"), tuple)  # e.g. a custom class with (eps1, eps2)
+    groups = param_groups(model, lr, weight_decay or 0.0, eps if rule == "adam" and not tuple_eps else None,
+                          rule=rule, independent_wd=independent_wd)
     opt = opt_cls(groups, lr=lr, **kwargs)
     _BUILT.add(opt)
     return opt
+
+
+def _default_of(opt_cls: type, name: str) -> Any:
+    """The default of ``opt_cls.__init__``'s argument ``name`` (None when it has none or no such argument)."""
+    import inspect
+
+    try:
+        param = inspect.signature(opt_cls.__init__).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _decay_is_l2(opt_cls: type, kwargs: dict[str, Any]) -> bool:
+    """Whether ``opt_cls(**kwargs)`` applies ``weight_decay`` as L2 in the gradient (torch Adam/NAdam/RAdam
+    without ``decoupled_weight_decay=True``, Adamax), rather than as AdamW's decoupled shrink."""
+    names = [c.__name__ for c in opt_cls.__mro__]
+    if "AdamW" in names or not any(n in _L2_ADAM for n in names):
+        return False
+    decoupled = kwargs.get("decoupled_weight_decay", _default_of(opt_cls, "decoupled_weight_decay"))
+    return not decoupled
 
 
 def _is_muon(opt_cls: type) -> bool:

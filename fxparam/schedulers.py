@@ -104,7 +104,21 @@ def adapt(scheduler_cls: type, optimizer: torch.optim.Optimizer, **kwargs: Any) 
     for key in ABSOLUTE_LR_KWARGS:
         if key in kwargs and kwargs[key] is not None:
             kwargs[key] = per_group(optimizer, kwargs[key])
+    from fxparam.optim import MuonAdamW
+
+    if isinstance(optimizer, MuonAdamW) and _takes(scheduler_cls, "cycle_momentum"):
+        # Muon groups carry 'momentum', AdamW groups 'betas': no momentum both share to cycle
+        kwargs.setdefault("cycle_momentum", False)
     return scheduler_cls(optimizer, **kwargs)
+
+
+def _takes(cls: type, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float | list[float], **kwargs: Any) -> lr_scheduler.OneCycleLR:
@@ -123,10 +137,6 @@ def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float | list[float], **k
     Example:
         >>> sched = one_cycle(opt, max_lr=1e-2, total_steps=100)
     """
-    from fxparam.optim import MuonAdamW
-
-    if isinstance(optimizer, MuonAdamW):  # Muon groups have 'momentum', AdamW groups 'betas': no common one
-        kwargs.setdefault("cycle_momentum", False)
     return adapt(lr_scheduler.OneCycleLR, optimizer, max_lr=max_lr, **kwargs)
 
 
@@ -134,6 +144,8 @@ def cyclic(
     optimizer: torch.optim.Optimizer, base_lr: float | list[float], max_lr: float | list[float], **kwargs: Any
 ) -> lr_scheduler.CyclicLR:
     """``CyclicLR`` with ``base_lr``/``max_lr`` (base values) expanded per group.
+
+    ``cycle_momentum`` defaults to False for a :class:`~fxparam.optim.MuonAdamW` (as in :func:`one_cycle`).
 
     Raises:
         OptimizerError: an optimizer without the plan's multipliers.
