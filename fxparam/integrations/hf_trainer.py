@@ -37,9 +37,22 @@ class PlannedOptimizerFactory:
         return optimizer(model, opt_cls, **kwargs)
 
 
+#: ``TrainingArguments.optim`` values fxparam maps to a torch class (the same algorithm Trainer would build).
+HF_OPTIM_TO_TORCH: dict[str, type] = {
+    "adamw_torch": torch.optim.AdamW,
+    "adamw_torch_fused": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+
+def _optim_name(args: Any) -> str | None:
+    optim = getattr(args, "optim", None)
+    return None if optim is None else str(getattr(optim, "value", optim))
+
+
 def optimizer_cls_and_kwargs(
     args: Any = None,
-    opt_cls: type = torch.optim.AdamW,
+    opt_cls: type | None = None,
     *,
     lr: float | None = None,
     weight_decay: float | None = None,
@@ -55,7 +68,11 @@ def optimizer_cls_and_kwargs(
 
     Args:
         args: the ``TrainingArguments`` (optional when ``lr`` or ``recipe`` is given).
-        opt_cls: optimizer class (``torch.optim.AdamW``, ``torch.optim.Muon``, ...).
+        opt_cls: optimizer class (``torch.optim.AdamW``, ``torch.optim.Muon``, ...). Default: from
+            ``args.optim`` (``adamw_torch``/``adamw_torch_fused`` -> ``torch.optim.AdamW``, ``sgd`` ->
+            ``torch.optim.SGD``; :data:`HF_OPTIM_TO_TORCH`), or AdamW without ``args``. Trainer ignores
+            ``args.optim`` once ``optimizer_cls_and_kwargs`` is given, so an ``args.optim`` with no mapping
+            is refused rather than silently replaced by AdamW.
         lr, weight_decay: base values (override ``args``).
         recipe: a :class:`fxparam.recipes.Recipe` instead of ``lr``/``weight_decay``.
         **kwargs: more :func:`fxparam.optimizer` / ``opt_cls`` arguments.
@@ -64,7 +81,8 @@ def optimizer_cls_and_kwargs(
         ``(factory_class, kwargs)`` for ``Trainer``.
 
     Raises:
-        OptimizerError: no LR from any source; this transformers has no optimizer factories
+        OptimizerError: no LR from any source; ``args.optim`` names an optimizer fxparam does not
+            map (pass ``opt_cls=`` explicitly); this transformers has no optimizer factories
             (needs ``transformers.trainer_optimizer.is_optimizer_factory``; then pass
             ``optimizers=(fxparam.optimizer(model, ...), None)`` on one process).
     """
@@ -75,6 +93,15 @@ def optimizer_cls_and_kwargs(
             "this transformers version cannot take an optimizer factory in optimizer_cls_and_kwargs; upgrade "
             "transformers, or on one process pass Trainer(optimizers=(fxparam.optimizer(model, ...), None))"
         ) from exc
+    optim = _optim_name(args)
+    if opt_cls is None:
+        if optim is not None and optim not in HF_OPTIM_TO_TORCH:
+            raise OptimizerError(
+                f"hf_trainer: TrainingArguments.optim={optim!r} has no fxparam mapping, and Trainer ignores "
+                "args.optim once optimizer_cls_and_kwargs is given; pass opt_cls= (e.g. torch.optim.AdamW, "
+                f"torch.optim.Muon) explicitly. Mapped: {sorted(HF_OPTIM_TO_TORCH)}"
+            )
+        opt_cls = HF_OPTIM_TO_TORCH.get(optim, torch.optim.AdamW) if optim is not None else torch.optim.AdamW
     out: dict[str, Any] = {"opt_cls": opt_cls, **kwargs}
     if recipe is not None:
         if lr is not None or weight_decay is not None:

@@ -76,3 +76,18 @@ def test_recipe_and_errors() -> None:
     assert cls is hf_trainer.PlannedOptimizerFactory and kw["recipe"] is r
     with pytest.raises(fxparam.OptimizerError, match="base LR"):
         hf_trainer.optimizer_cls_and_kwargs()
+
+
+def test_args_optim_picks_the_class_or_is_refused(model: torch.nn.Module, tmp_path) -> None:
+    """Trainer ignores args.optim once optimizer_cls_and_kwargs is given: the helper honours it or refuses it."""
+    cls, kw = hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, optim="sgd"))
+    assert kw["opt_cls"] is torch.optim.SGD
+    opt = cls()(model, **kw)
+    # SGD column (Tensor Programs V Table 8; CompleteP at m_L = 1): hidden eta, embedding eta * m_d
+    assert _group_of(opt, "model.layers.0.mlp.up_proj.weight")["lr"] == pytest.approx(LR)
+    assert _group_of(opt, "model.embed_tokens.weight")["lr"] == pytest.approx(LR * M_D)
+    assert hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, optim="adamw_torch"))[1]["opt_cls"] is torch.optim.AdamW
+    with pytest.raises(fxparam.OptimizerError, match="lion_32bit"):
+        hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, optim="lion_32bit"))
+    explicit = hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, optim="lion_32bit"), torch.optim.AdamW)
+    assert explicit[1]["opt_cls"] is torch.optim.AdamW  # an explicit class wins
