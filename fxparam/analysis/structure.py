@@ -367,8 +367,9 @@ class StructureFinder:
             else:
                 chosen = [c if c is not None else self._branch_call(s) for s, c in zip(chain, level)]
         else:
-            outer = next((c for c in common if c.key not in start_calls), None)
-            chosen = [outer if outer is not None else self._branch_call(s) for s in chain]
+            # every add in the same calls: one block, the innermost call holding them (not the stack)
+            inner = next((c for c in reversed(common) if c.key not in start_calls), None)
+            chosen = [inner if inner is not None else self._branch_call(s) for s in chain]
         for s, c in zip(chain, chosen):
             if c is not None:
                 s.block, s.block_call = c.fqn, c.key

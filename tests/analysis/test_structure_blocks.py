@@ -277,6 +277,12 @@ class Stack(nn.Module):
         return self.head(self.encoder(self.emb(idx)))
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_one_block_per_call_inside_a_stack_module(n):
+    a = _inspect(Stack([Block() for _ in range(n)]))
+    assert a.depth == n and a.blocks == [f"encoder.{i}" for i in range(n)]
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_sub_layers_with_their_own_adds_are_not_blocks(n):
     a = _inspect(Stack([SubLayerBlock() for _ in range(n)]))
