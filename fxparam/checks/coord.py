@@ -530,7 +530,12 @@ def _inspect(model: nn.Module, data: Any) -> fxparam.Analysis:
         inputs = data[0] if isinstance(data, (tuple, list)) and data else None
         if not isinstance(inputs, torch.Tensor) or "example inputs" not in str(exc):
             raise
-        return fxparam.inspect(model, (inputs[:2],))
+        return fxparam.inspect(model, example_inputs(data))
+
+
+def example_inputs(data: Any) -> tuple[torch.Tensor]:
+    """Two sequences of the check's batch: example inputs for models fxparam cannot make them for."""
+    return (data[0][:2],)
 
 
 def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn, plan_optimizer,
@@ -542,12 +547,14 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     model.train()
     if "analysis" not in cache:
         cache["analysis"] = _inspect(model, data)
+        # the check's own inputs for the lowering's self-check (the model runs on them anyway)
+        cache["example"] = example_inputs(data)
         cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
         if edit_plan is not None and cache["plan"] is not None:
             cache["plan"] = edit_plan(cache["plan"])
     analysis = cache["analysis"]
     if cfg is not None:
-        fxparam.apply_plan(model, cache["plan"].model_copy(deep=True), init=True)
+        fxparam.apply_plan(model, cache["plan"].model_copy(deep=True), init=True, example_inputs=cache["example"])
     if device is not None or dtype is not None:  # after the (CPU, seeded) init: same weights on any device
         model.to(device=device, dtype=dtype)
         data = tuple(t.to(device) for t in data)
