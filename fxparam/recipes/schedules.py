@@ -298,7 +298,8 @@ class ScheduleLR(LambdaLR):
 
     Raises:
         RecipeError: unknown ``on_resize``; on ``load_state_dict`` with a different saved schedule
-            and ``on_resize="raise"``.
+            and ``on_resize="raise"``, or with ``"continue"`` when the saved step is at or past the new
+            schedule's end (the run would go on at its final LR, 0 for D2Z).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, *, on_resize: OnResize = "raise") -> None:
@@ -333,11 +334,19 @@ class ScheduleLR(LambdaLR):
                 "the old one. Pass on_resize='rescale' (same fraction of the run) or 'continue' (same step) to "
                 "the scheduler, or build it with the checkpoint's schedule"
             )
+        rescale = self._fx_on_resize == "rescale" and old is not None
+        t_new = round(t_old * mine.total_steps / old.total_steps) if rescale else t_old
+        if t_new >= mine.total_steps:
+            raise RecipeError(
+                f"ScheduleLR.load_state_dict: the checkpoint is at update {t_old}, which is at or past the end of "
+                f"this run's schedule ({_describe(mine, fields)}) under on_resize={self._fx_on_resize!r}: training "
+                "would continue at the schedule's final LR (0 for D2Z). Give a total_steps larger than "
+                f"{t_new}, or on_resize='rescale'"
+            )
         state = {k: v for k, v in state_dict.items() if k != "lr_lambdas"}
         state["lr_lambdas"] = [None] * len(self.lr_lambdas)  # keep this run's schedule
         super().load_state_dict(state)
-        if self._fx_on_resize == "rescale" and old is not None:
-            self.last_epoch = round(t_old * mine.total_steps / old.total_steps)
+        self.last_epoch = t_new
         values = [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas, strict=True)]
         for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             group["lr"] = lr

@@ -178,3 +178,16 @@ def test_resume_with_the_same_schedule_is_a_plain_load() -> None:
     sched = schedules.d2z(opt, total_steps=100, warmup_steps=0)
     sched.load_state_dict(state)
     assert sched.last_epoch == 30
+
+
+def test_continue_past_the_end_of_a_shorter_schedule_is_refused_rescale_is_not() -> None:
+    """A checkpoint at update 50 resumed with on_resize='continue' into a 40-update D2Z would train on at LR 0."""
+    state = _sched_after(50, total=100)
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=1.0)
+    with pytest.raises(fxparam.RecipeError, match="past the end"):
+        schedules.d2z(opt, total_steps=40, warmup_steps=0, on_resize="continue").load_state_dict(state)
+    sched = schedules.d2z(opt, total_steps=40, warmup_steps=0, on_resize="rescale")
+    sched.load_state_dict(state)
+    assert sched.last_epoch == 20  # round(50 * 40 / 100)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1 - 20 / 39)  # D2Z m(t) = 1 - t/(T-1), by hand
