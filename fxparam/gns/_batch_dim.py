@@ -18,7 +18,9 @@ symbol that
 
 A norm input dim equal to that symbol is the example dim; a leading dim that is a product of it
 (``B*T``) is a flattened ``(examples x positions)`` layout (examples-major, as ``x.view(-1, H)``
-of a ``(B, T, H)`` activation gives). The number of examples is then read each forward from the
+of a ``(B, T, H)`` activation gives). A flattening seen merging positions *before* examples
+(``(T, B, H).view(T * B, H)``: examples interleaved) is reported as an error, not read as
+examples-major. The number of examples is then read each forward from the
 model input dim that carries the symbol.
 
 When it cannot be told (no unmixed symbol reaches a norm, several do, the export fails, or a
@@ -65,6 +67,7 @@ _MIXING: dict[Any, tuple[tuple[int, int], ...]] = {
     **{op: ((1, -2), (0, -1)) for op in _sdpa_ops()},
 }
 _SOFTMAX = {_aten._softmax.default, _aten.softmax.int}
+_VIEWS = {_aten.view.default, _aten._unsafe_view.default, _aten.reshape.default}
 
 _FIX = (
     "pass batch_dim= to fxparam.gns.swap_norms / fxparam.gns.monitor (the dim of each norm's input that "
@@ -121,6 +124,7 @@ class _MixingMode(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.mixed: set[Any] = set()
+        self.views: list[tuple[tuple[Any, ...], Any]] = []  # (input size exprs, output dim-0 expr)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -131,7 +135,15 @@ class _MixingMode(TorchDispatchMode):
             v = args[i] if i < len(args) else None
             if isinstance(v, torch.Tensor) and v.dim() >= abs(d) and v.dim() > 0:
                 self.mixed |= _symbols(v.shape[d])
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if (
+            func in _VIEWS
+            and isinstance(out, torch.Tensor)
+            and out.dim() > 0
+            and isinstance(args[0], torch.Tensor)
+        ):
+            self.views.append((tuple(_expr(s) for s in args[0].shape), _expr(out.shape[0])))
+        return out
 
 
 def _trace_shapes(
@@ -175,7 +187,7 @@ def _trace_shapes(
     mixing = _MixingMode()
     with torch.no_grad(), fake_mode, mixing:
         skeleton(*fargs, **fkwargs)
-    return seen, inputs, mixing.mixed
+    return seen, inputs, (mixing.mixed, mixing.views)
 
 
 _CACHE: dict[Any, tuple[dict[str, ExampleLayout], tuple[str, int | str, int] | None]] = {}
@@ -262,7 +274,7 @@ def _find_layouts(
             f"fxparam.gns: could not trace {type(model).__name__} to find which input dim of each norm indexes "
             f"examples ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); {_FIX}"
         ) from exc
-    seen, inputs, mixed = result
+    seen, inputs, (mixed, views) = result
     input_syms: dict[Any, tuple[str, int | str, int]] = {}
     for (kind, key), shape in inputs:
         for d, size in enumerate(shape):
@@ -329,7 +341,7 @@ def _find_layouts(
             d = dims[0]
             if _expr(shape[d]) == batch:
                 found.add(ExampleLayout(dim=d, source="found"))
-            elif d == 0:
+            elif d == 0 and not _position_major(views, _expr(shape[0]), batch):
                 found.add(ExampleLayout(dim=0, flat=True, source="found"))
             else:
                 found.add(ExampleLayout(dim=-1))
@@ -343,6 +355,28 @@ def _find_layouts(
     if bad:
         raise GNSError(f"fxparam.gns: no single example dim in the input of norm(s) {'; '.join(bad)}; {_FIX}")
     return layouts, input_syms[batch]
+
+
+def _position_major(views: list[tuple[tuple[Any, ...], Any]], flat: Any, batch: Any) -> bool:
+    """Whether a view that made a leading ``flat`` dim merged other dims *before* the example dim.
+
+    ``(T, B, H).view(T * B, H)`` interleaves examples (positions-major): the examples-major
+    ``(examples, positions)`` reading of a flattened dim would be wrong, so such a norm is
+    reported, not guessed.
+    """
+    for in_shape, out0 in views:
+        if out0 != flat:
+            continue
+        prod: Any = 1
+        for k, size in enumerate(in_shape):
+            prod = prod * size
+            if size == batch:
+                if any(s != 1 for s in in_shape[:k]):
+                    return True
+                break
+            if prod == flat:
+                break
+    return False
 
 
 def _same_position(skeleton_name: str, fqn: str) -> bool:

@@ -299,3 +299,26 @@ def test_two_forwards_one_backward_are_separate_examples():
         # sinks are read in backward order, so compare the multisets.
         want = per[name].flatten(1).pow(2).sum(1).sort().values
         torch.testing.assert_close((got[name] / 36).sort().values, want, rtol=1e-4, atol=1e-10)
+
+
+class PositionsMajorFlat(nn.Module):
+    """(T, B, H) flattened to (T*B, H) before the norm: examples interleave, not contiguous chunks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (T, B, 8)
+        h = self.inp(x)
+        hb = h.transpose(0, 1)
+        h = h + F.scaled_dot_product_attention(hb, hb, hb).transpose(0, 1)
+        T, B, H = h.shape
+        return self.norm(h.reshape(T * B, H)).sum()
+
+
+def test_positions_major_flattening_is_refused_not_guessed():
+    model = PositionsMajorFlat()
+    swap_norms(model)
+    with pytest.raises(GNSError, match=r"'norm'"):
+        model(torch.randn(5, 3, 8)).backward()
