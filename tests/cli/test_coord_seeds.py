@@ -75,3 +75,33 @@ def test_calibrated_seed_count_uses_the_bands_as_they_are():
 def test_one_seed_two_widths_says_noise_is_not_estimable():
     verdict = synthetic(0.0, 0.01, [0], widths=[64, 128]).verdict("width", bands={"branch": WIDTH_BANDS["branch"]})
     assert verdict.allowance == {} and "not estimable" in verdict.note
+
+
+@pytest.mark.slow
+def test_hf_llama_at_one_seed_passes_and_sp_still_fails(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import json
+
+    from fxparam.cli import main
+
+    argv = ["coord-check", "--model", "hf:llama", "--param", "sp,mup", "--widths", "64,128,256", "--depths", "none",
+            "--seeds", "1", "--jobs", "1", "--no-progress", "--no-plots", "--out", str(tmp_path)]
+    assert main(argv) == 0, capsys.readouterr().out
+    data = json.loads((tmp_path / "coord_check.json").read_text())
+    assert data["verdicts"]["mup"]["width"]["invariant"] and data["verdicts"]["mup"]["width"]["band_allowance"]
+    assert data["verdicts"]["sp"]["width"]["max_growth"] > 0.6 and not data["verdicts"]["sp"]["width"]["invariant"]
+
+
+def test_hf_model_options_reach_the_coord_check(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import json
+
+    from fxparam.cli import main
+
+    argv = ["coord-check", "--model", "hf:llama", "--heads", "2", "--param", "mup", "--widths", "64,128",
+            "--depths", "none", "--seeds", "1", "--steps", "1", "--jobs", "1", "--no-progress", "--no-plots",
+            "--out", str(tmp_path)]
+    assert main(argv) in (0, 1), capsys.readouterr().out
+    assert json.loads((tmp_path / "coord_check.json").read_text())["settings"]["options"] == {"heads": 2}
+    assert main([*argv[:3], "--mlp", "gelu", *argv[3:]]) == 2  # an option Llama cannot honour: refused
+    assert "--mlp gelu is not available" in capsys.readouterr().err
