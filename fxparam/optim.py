@@ -18,6 +18,7 @@ wd_mult * lr_mult / sgd_lr_mult`` (hidden weights: ``weight_decay``, constant ac
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from typing import Any, Literal
@@ -202,7 +203,39 @@ def optimizer(
                           rule=rule, independent_wd=independent_wd)
     opt = opt_cls(groups, lr=lr, **kwargs)
     _BUILT.add(opt)
+    if recipe is not None:
+        _check_recipe_tau(model, opt, recipe)
     return opt
+
+
+def _check_recipe_tau(model: nn.Module, opt: torch.optim.Optimizer, recipe: Any) -> None:
+    """Warn when a hidden group's realized timescale ``B / (lr * wd * D)`` is not ``recipe.tau``.
+
+    The recipe assumes the hidden shrink ``lr * wd`` is ``eta * lambda`` (muP: ``(eta/m_d)(lambda m_d)``);
+    a plan whose hidden LR carries another factor (CompleteP with alpha != 1: ``m_L**(alpha-1)``; SuPar:
+    ``1/rho``) realizes a different tau, which the recipe (no depth or density input) cannot know.
+    """
+    plan = plan_of(model)
+    if not recipe.weight_decay or not math.isfinite(recipe.tau):
+        return
+    for group in opt.param_groups:
+        hidden = [n for n in group["param_names"] if plan.rules_for(n).role == "hidden"]
+        if not hidden or not group.get("weight_decay"):
+            continue
+        tau = recipe.batch_tokens / (float(group["lr"]) * group["weight_decay"] * recipe.tokens)
+        if abs(tau - recipe.tau) > 1e-6 * recipe.tau:
+            warnings.warn(
+                f"fxparam.optimizer: hidden weights such as {hidden[0]!r} realize the AdamW timescale "
+                f"tau = {tau:.4g}, not the recipe's {recipe.tau:.4g}: the plan's hidden LR x{group['fxparam_lr_mult']:.4g} "
+                f"and decay x{group['weight_decay'] / recipe.weight_decay:.4g} multiply to "
+                f"{recipe.tau / tau:.4g}, not 1 (CompleteP with alpha != 1 adds m_L**(alpha-1) = "
+                f"{plan.m_L ** ((plan.alpha or 1.0) - 1.0):.4g}; SuPar adds 1/density), which the recipe does not "
+                f"model. For the recipe's tau pass weight_decay={recipe.weight_decay * tau / recipe.tau:.4g} "
+                "with lr=recipe.lr instead of recipe=",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
 
 
 def _default_of(opt_cls: type, name: str) -> Any:

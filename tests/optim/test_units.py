@@ -8,6 +8,8 @@ computed here by hand.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -84,3 +86,27 @@ def test_recipe_units_and_errors(model_md8: torch.nn.Module) -> None:
         fxparam.optimizer(model_md8, torch.optim.AdamW, recipe=r4)
     with pytest.raises(ValueError, match="version 1"):
         type(r).model_validate({**r.model_dump(), "version": 1})
+
+
+def test_recipe_on_a_depth_mup_plan_warns_with_the_realized_tau() -> None:
+    """CompleteP alpha=0.5 at m_L=4: hidden LR eta/m_d * m_L**-0.5, decay lambda*m_d (parameterizations.md), so
+    the shrink is eta*lambda/2 and the realized tau twice the recipe's -- the recipe has no depth input."""
+    m = GPT(GPTConfig(width=64, depth=8, head_dim=16))
+    model = fxparam.transform(m, "completep", base_width=16, base_depth=2, alpha=0.5)
+    r = recommend(params=50e6, tokens=1e9, seq_len=512, base_lr=1e-2, width_multiplier=4)
+    with pytest.warns(UserWarning, match="timescale") as record:
+        opt = fxparam.optimizer(model, torch.optim.AdamW, recipe=r)
+    g = _hidden_groups(model, opt)[0]
+    assert r.batch_tokens / (g["lr"] * g["weight_decay"] * r.tokens) == pytest.approx(2 * r.tau)
+    suggested = float(str(record[0].message).split("weight_decay=")[1].split()[0])
+    assert suggested == pytest.approx(2 * r.weight_decay, rel=1e-3)  # lambda * sqrt(m_L), by hand
+    opt = fxparam.optimizer(model, torch.optim.AdamW, lr=r.lr, weight_decay=2 * r.weight_decay)
+    g = _hidden_groups(model, opt)[0]
+    assert r.batch_tokens / (g["lr"] * g["weight_decay"] * r.tokens) == pytest.approx(r.tau)
+
+
+def test_recipe_on_completep_alpha_1_is_silent(model_md8: torch.nn.Module) -> None:
+    r = recommend(params=N, tokens=D, seq_len=SEQ, base_lr=1.62e-2, width_multiplier=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxparam.optimizer(model_md8, torch.optim.AdamW, recipe=r)
