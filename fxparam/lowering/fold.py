@@ -51,13 +51,20 @@ class _Factors:
     uses: dict[int, list[tuple[str, torch.Tensor]]] = field(default_factory=dict)
     params: dict[int, nn.Parameter] = field(default_factory=dict)
 
-    def scale(self, use: str, param: nn.Parameter | None, factor: torch.Tensor | float) -> None:
+    axis: dict[int, int] = field(default_factory=dict)
+
+    def scale(self, use: str, param: nn.Parameter | None, factor: torch.Tensor | float, axis: int = 0) -> None:
+        """Multiply ``param``'s slices along ``axis`` (its output features) by ``factor``."""
         if param is None:
             return
-        rows = torch.ones(param.shape[0], dtype=torch.float64) if param.ndim else torch.ones((), dtype=torch.float64)
+        if param.ndim and axis:
+            axis = axis % param.ndim
+        rows = torch.ones(param.shape[axis], dtype=torch.float64) if param.ndim else torch.ones((), dtype=torch.float64)
         rows = rows * (factor if isinstance(factor, torch.Tensor) else float(factor))
         key = id(param)
         self.params[key] = param
+        if self.axis.setdefault(key, axis) != axis:
+            raise LoweringError(f"fxparam.fold: {use} scales one weight along two axes")
         self.uses.setdefault(key, []).append((use, rows))
 
 
@@ -68,23 +75,55 @@ def _plain_class(cls: type) -> type:
     return nn.Module
 
 
-def _query_rows(attn: nn.Module, ratio: float) -> tuple[nn.Module, torch.Tensor] | tuple[None, None]:
-    """(module holding the query projection, per-row factor of its weight) in an attention module."""
+def _is_conv1d(m: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2, GPT): ``y = x @ W + b`` with ``W`` of shape (in, out)."""
+    return type(m).__name__ == "Conv1D" and isinstance(getattr(m, "weight", None), torch.Tensor) \
+        and m.weight.ndim == 2 and getattr(m, "nf", None) == m.weight.shape[1]
+
+
+def _out_features(m: nn.Module) -> int | None:
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    if _is_conv1d(m):
+        return int(m.weight.shape[1])
+    return None
+
+
+def _query_rows(
+    attn: nn.Module, ratio: float, head_dim: int | None = None
+) -> tuple[nn.Module, torch.Tensor, int] | tuple[None, None, int]:
+    """(module holding the query projection, factor per output feature of its weight, weight axis of
+    the output features) in an attention module.
+
+    Layouts: a separate query Linear; a fused ``[q; k; v]`` Linear or ``Conv1D`` (GPT-2's
+    ``c_attn``: the first third of its output columns is q); GPT-NeoX's ``query_key_value``,
+    laid out per head as ``[q_h; k_h; v_h]`` (``view(..., heads, 3 * head_dim)``); the packed
+    ``in_proj_weight`` of ``nn.MultiheadAttention``.  A wrong layout guess cannot pass silently:
+    :func:`fold` compares the folded outputs with the transformed model's.
+    """
     for name in _QUERY:
         lin = getattr(attn, name, None)
-        if isinstance(lin, nn.Linear):
-            return lin, torch.full((lin.out_features,), ratio, dtype=torch.float64)
+        n = _out_features(lin) if isinstance(lin, nn.Module) else None
+        if n is not None:
+            return lin, torch.full((n,), ratio, dtype=torch.float64), (1 if _is_conv1d(lin) else 0)
+    lin = getattr(attn, "query_key_value", None)
+    n = _out_features(lin) if isinstance(lin, nn.Module) else None
+    if n is not None and head_dim and n % (3 * head_dim) == 0:
+        rows = torch.ones(n // (3 * head_dim), 3, head_dim, dtype=torch.float64)
+        rows[:, 0, :] = ratio
+        return lin, rows.reshape(-1), (1 if _is_conv1d(lin) else 0)
     for name in _FUSED:
         lin = getattr(attn, name, None)
-        if isinstance(lin, nn.Linear) and lin.out_features % 3 == 0:
-            rows = torch.ones(lin.out_features, dtype=torch.float64)
-            rows[: lin.out_features // 3] = ratio
-            return lin, rows
+        n = _out_features(lin) if isinstance(lin, nn.Module) else None
+        if n is not None and n % 3 == 0:
+            rows = torch.ones(n, dtype=torch.float64)
+            rows[: n // 3] = ratio
+            return lin, rows, (1 if _is_conv1d(lin) else 0)
     if isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None:
         rows = torch.ones(3 * attn.embed_dim, dtype=torch.float64)
         rows[: attn.embed_dim] = ratio
-        return attn, rows
-    return None, None
+        return attn, rows, 0
+    return None, None, 0
 
 
 def _outputs(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -151,26 +190,30 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
         if isinstance(m, nn.Linear):
             factors.scale(name, m.weight, f_out * f_in)
             factors.scale(name, m.bias, f_out)
+        elif _is_conv1d(m):  # y = x @ W + b, W (in, out): the factor is per output column
+            factors.scale(name, m.weight, f_out * f_in, axis=1)
+            factors.scale(name, m.bias, f_out)
         elif isinstance(m, nn.Embedding) and f_in == 1.0:
             factors.scale(name, m.weight, f_out)
         else:
             problems.append(f"{name} ({type(m).__name__}): x{f_out:.6g} on its output, x{f_in:.6g} on its input - "
-                            "only Linear and Embedding modules can absorb a multiplier")
+                            "only Linear, Conv1D and Embedding modules can absorb a multiplier")
     attr_resets: list[tuple[nn.Module, str, float]] = []
     for name, site in plan.attention.items():
         if site.previous == 0 or abs(site.scale / site.previous - 1.0) < 1e-12:
             continue
         ratio = site.scale / site.previous
-        holder, rows = _query_rows(modules[name], ratio)
+        holder, rows, axis = _query_rows(modules[name], ratio, site.head_dim)
         if holder is None:
             problems.append(f"{name}: attention scale {site.previous:.6g} -> {site.scale:.6g} but no query "
-                            f"projection found (a child Linear named one of {_QUERY} or a fused {_FUSED})")
+                            f"projection found (a child Linear or Conv1D named one of {_QUERY}, a fused "
+                            f"{_FUSED}, or a per-head 'query_key_value')")
             continue
         if isinstance(holder, nn.MultiheadAttention):
             factors.scale(name, holder.in_proj_weight, rows)
             factors.scale(name, holder.in_proj_bias, rows)
         else:
-            factors.scale(name, holder.weight, rows)
+            factors.scale(name, holder.weight, rows, axis=axis)
             factors.scale(name, holder.bias, rows)
         if site.attr is not None:
             attr_resets.append((modules[site.attr_module or name], site.attr, float(site.previous)))
@@ -207,6 +250,7 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
                     modules[mn]._parameters[pn] = clone
                     factors.rows[id(clone)] = wanted[mn]
                     factors.params[id(clone)] = clone
+                    factors.axis[id(clone)] = factors.axis.get(key, 0)
                 factors.rows[key] = wanted[first[0]]
                 config = getattr(out, "config", None)
                 if config is not None and hasattr(config, "tie_word_embeddings"):
@@ -219,7 +263,8 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
     with torch.no_grad():
         for key, rows in factors.rows.items():
             p = factors.params[key]
-            shape = (-1,) + (1,) * (p.ndim - 1) if p.ndim else ()
+            axis = factors.axis.get(key, 0)
+            shape = tuple(-1 if d == axis else 1 for d in range(p.ndim))
             p.mul_(rows.to(p.dtype).to(p.device).view(shape) if p.ndim else rows.to(p.dtype))
     for m, attr, value in attr_resets:
         setattr(m, attr, value)

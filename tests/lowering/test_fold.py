@@ -115,3 +115,49 @@ def test_folded_hf_llama_saves_loads_with_plain_transformers_and_generates_the_s
 def test_fold_of_an_untransformed_model_is_refused() -> None:
     with pytest.raises(fxparam.LoweringError, match="not transformed"):
         fxparam.fold(GPT(GPTConfig(width=32, depth=2, heads=2, vocab=256, seq_len=32)))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_fold_of_conv1d_and_per_head_fused_qkv_absorbs_branch_and_attention_factors(arch: str, tmp_path: Path) -> None:
+    """GPT-2's Conv1D stores W as (in, out): a factor on its output scales W's columns; GPT-NeoX's
+    query_key_value is laid out per head as [q_h; k_h; v_h].  Expected weights from first principles:
+    CompleteP's branch factor (L/L0)^-1 = 1/2 on each branch's last matmul (Dey et al. 2025, Table 1),
+    muP's attention ratio (1/d)/(1/sqrt(d)) * sqrt(d0) = sqrt(d0/d) = sqrt(4/16) = 1/2 on q only."""
+    pytest.importorskip("transformers")
+    import transformers
+
+    from fxparam.models.hf import hf_model
+
+    torch.manual_seed(0)
+    kw = {"base_width": 16, "base_depth": 1, "base_head_dim": 4, "output_multiplier": 1.5}
+    model = fxparam.transform(hf_model(arch), "completep", **kw).eval()
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size // model.config.num_attention_heads == 16
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        ref = model(input_ids=idx).logits
+    folded = fxparam.fold(model, untie=True)
+    assert _plain_state(folded) == []
+    after = folded.state_dict()
+    if arch == "gpt2":
+        proj, qkv = "transformer.h.0.attn.c_proj", "transformer.h.0.attn.c_attn"
+        torch.testing.assert_close(after[proj + ".weight"], before[proj + ".weight"] * 0.5, rtol=0, atol=0)
+        w = before[qkv + ".weight"].clone()  # (in, 3 * width): columns [q | k | v]
+        w[:, :64] *= 0.5
+        torch.testing.assert_close(after[qkv + ".weight"], w, rtol=0, atol=0)
+        assert folded.transformer.h[0].attn.scaling == 16 ** -0.5  # the class's own scale, as from_pretrained builds it
+    else:
+        proj, qkv = "gpt_neox.layers.0.attention.dense", "gpt_neox.layers.0.attention.query_key_value"
+        torch.testing.assert_close(after[proj + ".weight"], before[proj + ".weight"] * 0.5, rtol=0, atol=0)
+        w = before[qkv + ".weight"].clone().view(4, 3, 16, 64)  # (heads, [q k v], head_dim, in)
+        w[:, 0] *= 0.5
+        torch.testing.assert_close(after[qkv + ".weight"], w.view(192, 64), rtol=0, atol=0)
+    folded.save_pretrained(tmp_path / "folded")
+    loaded = getattr(transformers, type(model).__name__).from_pretrained(tmp_path / "folded").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=idx).logits, ref, rtol=1e-4, atol=1e-4)
+    # negative control: the transformed weights in a plain model compute something else
+    plain = hf_model(arch).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(plain(input_ids=idx).logits, ref, rtol=1e-3, atol=1e-3)
