@@ -186,11 +186,11 @@ class _SDPARecorder(torch.overrides.TorchFunctionMode):
 
 
 class _EnterMode:
-    def __init__(self, modes: dict[str, list[Any]], name: str, sink: list[float]) -> None:
-        self.modes, self.name, self.sink = modes, name, sink
+    def __init__(self, modes: dict[str, list[Any]], name: str, sink: list[float], replaying: list[bool]) -> None:
+        self.modes, self.name, self.sink, self.replaying = modes, name, sink, replaying
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
-        mode = _SDPARecorder(self.sink)
+        mode = _SDPARecorder([] if self.replaying[0] else self.sink)  # a replay's SDPA calls are not the model's
         mode.__enter__()
         self.modes.setdefault(self.name, []).append(mode)
 
@@ -221,6 +221,69 @@ def _plain_forward(module: nn.Module) -> Any:
     if issubclass(cls, ScaledLinear):
         cls = nn.Linear
     return cls.forward.__get__(module)
+
+
+def _is_multiplier_hook(hook: Any) -> bool:
+    """fxparam's forward-multiplier hooks (attention-scale scopes and mask guards are kept in a replay)."""
+    from fxparam.lowering._hooks import InputScale, OutputScale
+
+    return isinstance(hook, (OutputScale, InputScale))
+
+
+class _Replay:
+    """Re-run one module with fxparam's multipliers on it switched off, the user's own hooks kept.
+
+    ``realize(out, inp)`` runs the module's call (every non-fxparam pre/post hook, in their
+    order) around the ideal lowering ``out * forward(inp * x)`` of its plain forward; the
+    result is what the planned multipliers must give on the same call inputs, whatever the
+    user's hooks do (a soft-cap on the readout, a pre-hook editing inputs).  Everything is
+    put back afterwards: class, hook dicts, an instance ``forward``.
+    """
+
+    def __init__(self, module: nn.Module, flag: list[bool]) -> None:
+        self.module, self.flag = module, flag
+
+    def realize(self, args: tuple, kwargs: dict, out: float = 1.0, inp: float = 1.0) -> Any:
+        from fxparam.lowering._hooks import ScaledLinear
+
+        m = self.module
+        saved_cls = type(m)
+        saved_hooks = [(d, d.copy()) for d in (m._forward_hooks, m._forward_pre_hooks)]
+        had_forward = "forward" in m.__dict__
+        own_forward = m.__dict__.get("forward")
+        plain = own_forward if had_forward else _plain_forward(m)
+
+        def ideal(*a: Any, **k: Any) -> Any:
+            if inp != 1.0 and a:
+                a = (a[0] * inp, *a[1:])
+            y = plain(*a, **k)
+            if out == 1.0:
+                return y
+            if isinstance(y, torch.Tensor):
+                return y * out
+            if isinstance(y, tuple) and y and isinstance(y[0], torch.Tensor):
+                return (y[0] * out, *y[1:])
+            return y
+
+        self.flag[0] = True
+        try:
+            if isinstance(m, ScaledLinear):
+                m.__class__ = nn.Linear
+            for d, _ in saved_hooks:
+                for key in [k for k, h in d.items() if _is_multiplier_hook(h)]:
+                    del d[key]
+            m.forward = ideal
+            return m(*args, **kwargs)
+        finally:
+            self.flag[0] = False
+            if had_forward:
+                m.forward = own_forward
+            else:
+                m.__dict__.pop("forward", None)
+            m.__class__ = saved_cls
+            for d, copy_ in saved_hooks:
+                d.clear()
+                d.update(copy_)
 
 
 def _probe_inputs(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
@@ -258,11 +321,12 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
     seen_out: dict[str, Any] = {}
     sdpa: dict[str, list[float]] = {name: [] for name in plan.attention}
     modes: dict[str, list[Any]] = {}
+    replaying = [False]  # True while _Replay re-runs a site: the recorders below must not record it
     handles = []
 
     def pre(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            if name not in seen_in:  # a copy: the model may write into its activations later
+            if name not in seen_in and not replaying[0]:  # a copy: the model may write into its activations later
                 clone = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731
                 seen_in[name] = (tuple(clone(a) for a in args), {k: clone(v) for k, v in kwargs.items()})
 
@@ -270,7 +334,8 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
 
     def post(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            seen_out.setdefault(name, output)
+            if not replaying[0]:
+                seen_out.setdefault(name, output)
 
         return hook
 
@@ -280,7 +345,8 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
             handles.append(modules[name].register_forward_hook(post(name)))
         for name in plan.attention:
             # entered before fxparam's own scope (prepend): the recorder sits below it and sees the final scale
-            handles.append(modules[name].register_forward_pre_hook(_EnterMode(modes, name, sdpa[name]), prepend=True))
+            handles.append(modules[name].register_forward_pre_hook(_EnterMode(modes, name, sdpa[name], replaying),
+                                                                   prepend=True))
             handles.append(modules[name].register_forward_hook(_ExitMode(modes, name), always_call=True))
         training = {m: m.training for m in model.modules()}
         model.eval()
@@ -310,20 +376,16 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
         if name not in seen_in:
             report.notes.append(f"{name} was not called by the probe forward: multiplier checked on state only")
             continue
-        args, kwargs = seen_in[name]
+        args, kwargs = seen_in[name]  # the call's inputs, before any pre-hook (the user's or fxparam's)
         y = _first_tensor(seen_out[name])
-        forward = _plain_forward(modules[name])
-        y0 = _first_tensor(forward(*args, **kwargs))
-        if planned_in != 1.0:
-            scaled = (args[0] * planned_in, *args[1:]) if args else args
-            expected = _first_tensor(forward(*scaled, **kwargs))
-        else:
-            expected = y0
+        replay = _Replay(modules[name], replaying)
+        y0 = _first_tensor(replay.realize(args, kwargs))  # fxparam off, the user's hooks on
+        expected = _first_tensor(replay.realize(args, kwargs, out=planned_out, inp=planned_in))
         if y is None or y0 is None or expected is None:
             report.checks.append(SiteCheck(site=label, kind="multiplier", planned=planned, how="probe", ok=False,
                                            detail="its output is not a tensor, so a multiplier cannot apply"))
             continue
-        expected = expected.float() * planned_out
+        expected = expected.float()
         y, y0 = y.float(), y0.float()
         denom = float((y0 * y0).sum())
         realized = float((y * y0).sum()) / denom if denom > 0 else float("nan")

@@ -83,6 +83,32 @@ def test_a_tampered_multiplier_is_found_with_its_realized_factor() -> None:
         report.raise_if_failed()
 
 
+def test_the_users_own_hooks_on_a_planned_site_are_not_mistaken_for_a_wrong_multiplier() -> None:
+    """A pre-hook that edits a branch's input and a soft-cap on the readout are the model's, not the plan's:
+    the transform is accepted and the hooked site computes, by hand, 0.5 * (W (x + 0.1) + b) (CompleteP's
+    branch factor base_depth/depth = 1/2).  Negative control: with the hooks in place, a doubled factor
+    is still found (planned 0.5, realized 1.0)."""
+    torch.manual_seed(0)
+    model = _gpt()
+    target = "blocks.0.mlp.proj"
+    module = dict(model.named_modules())[target]
+    module.register_forward_pre_hook(lambda m, args: (args[0] + 0.1,))
+    model.lm_head.register_forward_hook(lambda m, args, out: 0.05 * torch.tanh(out / 0.05))  # far from linear
+    fxparam.transform(model, "completep", base_width=16, base_depth=1)  # was refused: the hooks read as a mismatch
+    seen = {}
+    module.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].clone()), prepend=True)
+    module.register_forward_hook(lambda m, args, out: seen.__setitem__("y", out.clone()))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randint(0, 256, (2, 8)))
+        by_hand = 0.5 * torch.nn.functional.linear(seen["x"] + 0.1, module.weight, module.bias)
+    torch.testing.assert_close(seen["y"], by_hand, rtol=1e-5, atol=1e-6)
+    assert verify(model).ok
+    module.fxparam_out *= 2.0
+    bad = {c.site: c for c in verify(model).failures if c.how == "probe"}
+    assert set(bad) == {target} and math.isclose(bad[target].realized, 1.0, rel_tol=1e-5)
+
+
 def test_scaling_outside_the_plan_is_found() -> None:
     model = fxparam.transform(_gpt(), "mup", base_width=16)
     assert verify(model).ok
