@@ -280,7 +280,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, muon: torch.optim.Optimizer, adam: torch.optim.Optimizer) -> None:
         self.muon, self.adam = muon, adam
-        super().__init__([*muon.param_groups, *adam.param_groups], {})
+        # defaults["lr"] is the base LR (schedulers such as transformers' cosine_with_min_lr read it)
+        base = [g["lr"] / g["fxparam_lr_mult"] for g in muon.param_groups if g.get("fxparam_lr_mult")]
+        super().__init__([*muon.param_groups, *adam.param_groups], {"lr": base[0] if base else adam.defaults["lr"]})
         # Optimizer.__init__ re-registered the same dicts: keep them shared with the two inner optimizers
         self.param_groups = [*muon.param_groups, *adam.param_groups]
 

@@ -109,3 +109,19 @@ def test_muon_coordinate_check_flat_and_control_not() -> None:
     assert grow_rule < 0.15, grow_rule
     # the control's hidden updates grow as sqrt(width); diluted by the (planned) AdamW parts in the activations
     assert grow_control > 0.2 and grow_control > grow_rule + 0.15, (grow_rule, grow_control)
+
+
+def test_defaults_lr_is_the_base_lr_for_schedulers_that_read_it() -> None:
+    """transformers' cosine_with_min_lr reads optimizer.defaults['lr'] (KeyError on MuonAdamW before)."""
+    model = _model(256)  # m_d = 4
+    opt = fxparam.optimizer(model, torch.optim.Muon, lr=2e-2)
+    assert opt.defaults["lr"] == pytest.approx(2e-2)
+    transformers = pytest.importorskip("transformers")
+    sched = transformers.get_scheduler("cosine_with_min_lr", opt, num_warmup_steps=0, num_training_steps=4,
+                                       scheduler_specific_kwargs={"min_lr": 2e-4})
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    # end of the cosine: every group at min_lr/base = 1/100 of its peak; Muon hidden peak eta/sqrt(m_d)
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(2e-2 / math.sqrt(4) / 100)
+    assert fxparam.optim.ratios_kept(opt)
