@@ -9,7 +9,7 @@ Example:
     ...         self.model = fxparam.transform(GPT(GPTConfig(width=1024)), "completep", base_width=256, base_depth=4)
     ...     def configure_optimizers(self):
     ...         return configure_optimizers(self.model, torch.optim.AdamW, lr=1e-2, weight_decay=0.1,
-    ...                                     schedule="d2z", total_steps=self.trainer.max_steps)
+    ...                                     schedule="d2z", total_steps=self.trainer.estimated_stepping_batches)
 """
 
 from __future__ import annotations
@@ -65,8 +65,17 @@ def configure_optimizers(
         return {"optimizer": opt}
     if isinstance(schedule, str) and total_steps is None:
         raise OptimizerError(
-            f"configure_optimizers: schedule {schedule!r} needs total_steps= (e.g. self.trainer.max_steps)"
+            f"configure_optimizers: schedule {schedule!r} needs total_steps= "
+            "(e.g. self.trainer.estimated_stepping_batches)"
         )
+    if isinstance(schedule, str) and not (0 < total_steps < float("inf")):
+        # Lightning's trainer.max_steps is -1 when the run is given in epochs
+        raise OptimizerError(
+            f"configure_optimizers: total_steps={total_steps} is not a number of optimizer updates (Lightning's "
+            "trainer.max_steps is -1 for an epoch-based run); pass total_steps=self.trainer.estimated_stepping_batches"
+        )
+    if isinstance(schedule, str):
+        total_steps = int(total_steps)
     extra = {} if not isinstance(schedule, str) else {"total_steps": total_steps, "warmup_steps": warmup_steps}
     sched = scheduler(opt, schedule, on_resize=on_resize, **extra)  # type: ignore[arg-type]
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

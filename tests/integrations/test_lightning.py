@@ -68,3 +68,28 @@ def test_schedule_name_needs_total_steps() -> None:
     with pytest.raises(fxparam.OptimizerError, match="total_steps"):
         configure_optimizers(model, lr=LR, schedule="d2z")
     assert set(configure_optimizers(model, lr=LR)) == {"optimizer"}
+
+
+class EpochLitGPT(LitGPT):
+    def __init__(self, total: str) -> None:
+        super().__init__(planned=True)
+        self.total = total
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.model, torch.optim.AdamW, lr=LR, schedule="d2z",
+                                    total_steps=getattr(self.trainer, self.total), warmup_steps=0)
+
+
+def test_epoch_based_run_needs_the_estimated_number_of_updates() -> None:
+    """An epoch-based Trainer has max_steps == -1: refused with the fix, which then gives 8 / 2 = 4 updates."""
+    def fit(module):
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, _loader())
+        return trainer
+
+    with pytest.raises(fxparam.OptimizerError, match="estimated_stepping_batches"):
+        fit(EpochLitGPT("max_steps"))
+    trainer = fit(EpochLitGPT("estimated_stepping_batches"))
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched._fx_schedule.total_steps == 4  # 8 samples, batch 2, one epoch
