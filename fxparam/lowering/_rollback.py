@@ -177,10 +177,24 @@ def inner_module(model: nn.Module, *, init: bool = False, mutate: bool = False) 
         The inner ``nn.Module``.
 
     Raises:
-        LoweringError: a PEFT or FSDP wrapper, or ``init=True`` inside DDP.
+        LoweringError: a PEFT or FSDP wrapper, ``init=True`` inside DDP, not an ``nn.Module``
+            (``torch.compile`` of an already compiled module returns a function), or a module
+            whose ``forward`` is patched on the instance (``accelerate``'s mixed-precision
+            ``prepare`` or ``dispatch_model`` / ``add_hook_to_module``: the patched forward is
+            bound to the unpatched class, so fxparam's class swaps would be bypassed).
     """
+    import inspect as _inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
+    if not isinstance(model, nn.Module):
+        bound = getattr(_inspect.unwrap(model), "__self__", None) if callable(model) else None
+        inside = f" (it wraps the {type(bound).__name__} module's forward)" if isinstance(bound, nn.Module) else ""
+        raise LoweringError(
+            f"fxparam needs an nn.Module, got {type(model).__name__} {getattr(model, '__qualname__', '')}{inside}: "
+            "torch.compile of an already compiled module returns a function. Transform the module itself, "
+            "then compile it once: model = fxparam.transform(model, ...); model = torch.compile(model, mode=...)."
+        )
     cls = type(model).__name__
     if hasattr(model, "peft_config") and hasattr(model, "base_model"):
         raise LoweringError(
@@ -207,6 +221,15 @@ def inner_module(model: nn.Module, *, init: bool = False, mutate: bool = False) 
         elif isinstance(inner.__dict__.get("_modules", {}).get("_orig_mod"), nn.Module):  # torch.compile
             inner = inner._modules["_orig_mod"]
         else:
+            patched = [name or "<root>" for name, m in inner.named_modules() if callable(m.__dict__.get("forward"))]
+            if patched:
+                raise LoweringError(
+                    f"{type(inner).__name__}: {len(patched)} module(s) have a forward patched on the instance "
+                    f"({', '.join(patched[:3])}{', ...' if len(patched) > 3 else ''}), e.g. by accelerate's prepare(mixed_precision=...) or "
+                    "dispatch_model / add_hook_to_module: such a forward is bound to the class it was patched over and "
+                    "cannot be captured or scaled. Transform the plain model first, then prepare / dispatch it: "
+                    "model = fxparam.transform(model, ...); model = accelerator.prepare(model)."
+                )
             return inner
 
 

@@ -190,3 +190,29 @@ def test_case2_a_failure_after_mutation_restores_the_model_and_a_retry_scales_on
     report = verify(model, example_inputs=(idx,))
     head = [c for c in report.checks if c.site == "input:head" and c.how == "probe"]
     assert report.ok and head and head[0].realized == pytest.approx(0.5, rel=1e-5)
+
+
+def test_compile_of_a_compiled_module_and_instance_patched_forwards_are_refused_before_any_change() -> None:
+    """torch.compile(torch.compile(m)) is a function, not a module; accelerate's prepare(mixed_precision=...)
+    and add_hook_to_module put a forward on the instance, bound to the class it replaced - a ScaledLinear
+    class swap under it would never run (the multiplier silently lost).  Both are refused, naming the fix,
+    and the user's model is unchanged."""
+    model = _gpt()
+    before = _values(model)
+    compiled_twice = torch.compile(torch.compile(model))
+    assert not isinstance(compiled_twice, nn.Module)
+    with pytest.raises(fxparam.LoweringError, match=r"needs an nn\.Module.*wraps the GPT module's forward.*compile it once"):
+        fxparam.transform(compiled_twice, "mup", base_width=16)
+    plain_forward = nn.Linear.forward
+    for module in (model.lm_head, model.blocks[1].mlp.proj):
+        module.forward = plain_forward.__get__(module)  # what accelerate.hooks.add_hook_to_module does
+    with pytest.raises(fxparam.LoweringError, match=r"forward patched on the instance \(blocks\.1\.mlp\.proj, lm_head\)"
+                                                   r".*Transform the plain model first"):
+        fxparam.transform(model, "completep", base_width=16, base_depth=1)
+    assert not hasattr(model, "_fxparam_plan") and type(model.lm_head) is nn.Linear
+    after = _values(model)
+    assert all(after[n][0] == before[n][0] and torch.equal(after[n][2], before[n][2]) for n in before)
+    for module in (model.lm_head, model.blocks[1].mlp.proj):
+        del module.forward
+    fxparam.transform(model, "completep", base_width=16, base_depth=1)  # control: the unpatched model goes through
+    assert verify(model).ok
