@@ -549,6 +549,15 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
         cache["analysis"] = _inspect(model, data)
         # the check's own inputs for the lowering's self-check (the model runs on them anyway)
         cache["example"] = example_inputs(data)
+        try:  # ids past the model's vocabulary: one clear error, before the lowering probes the forward
+            with torch.no_grad():
+                model(*cache["example"])
+        except IndexError as exc:
+            raise ConfigError(
+                f"coord_check: the model failed on token ids up to {int(data[0].max())} ({exc}): they are outside "
+                "the model's vocabulary; build it with a vocabulary that covers the data (--vocab, or --tokenizer "
+                "for text)"
+            ) from exc
         cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
         if edit_plan is not None and cache["plan"] is not None:
             cache["plan"] = edit_plan(cache["plan"])
