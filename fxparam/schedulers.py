@@ -12,7 +12,7 @@ take *absolute* LRs as one scalar collapse the groups to one LR:
 - ``CosineAnnealingLR``/``CosineAnnealingWarmRestarts(eta_min=...)`` take one absolute floor:
   nonzero ``eta_min`` is refused by :func:`adapt` (use :func:`fxparam.schedules.cosine` with
   ``decay_factor``).
-- ``ReduceLROnPlateau(min_lr=...)`` takes a list: expanded.
+- ``ReduceLROnPlateau(min_lr=...)`` and ``torch.optim.swa_utils.SWALR(swa_lr=...)`` take a list: expanded.
 
 Whatever builds the scheduler, an optimizer made by :func:`fxparam.optimizer` is checked at every
 step: the first step whose LRs break the ratios raises a :class:`~fxparam.optim.PlanLRWarning`.
@@ -33,7 +33,7 @@ from fxparam.errors import OptimizerError
 from fxparam.optim import PlanLRWarning, ratios_kept
 
 #: Scheduler keyword arguments that are absolute LRs (one per group when given as a list).
-ABSOLUTE_LR_KWARGS = ("max_lr", "base_lr", "min_lr")
+ABSOLUTE_LR_KWARGS = ("max_lr", "base_lr", "min_lr", "swa_lr")
 #: Keyword arguments that are one absolute LR for all groups and cannot be given per group.
 SCALAR_ONLY_KWARGS = ("eta_min",)
 
@@ -76,7 +76,7 @@ def per_group(optimizer: torch.optim.Optimizer, value: float | list[float]) -> l
 def adapt(scheduler_cls: type, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
     """Build ``scheduler_cls(optimizer, **kwargs)`` with absolute-LR arguments expanded per group.
 
-    Scalar ``max_lr``/``base_lr``/``min_lr`` are base values (``fxparam.optimizer`` units) and become
+    Scalar ``max_lr``/``base_lr``/``min_lr``/``swa_lr`` are base values (``fxparam.optimizer`` units) and become
     ``value * fxparam_lr_mult`` per group, so the schedule keeps the plan's ratios.
 
     Args:

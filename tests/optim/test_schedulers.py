@@ -191,3 +191,20 @@ def test_continue_past_the_end_of_a_shorter_schedule_is_refused_rescale_is_not()
     sched.load_state_dict(state)
     assert sched.last_epoch == 20  # round(50 * 40 / 100)
     assert opt.param_groups[0]["lr"] == pytest.approx(1 - 20 / 39)  # D2Z m(t) = 1 - t/(T-1), by hand
+
+
+def test_swalr_collapses_the_groups_and_adapt_expands_swa_lr(model: torch.nn.Module) -> None:
+    from torch.optim.swa_utils import SWALR
+
+    opt = fxparam.optimizer(model, torch.optim.AdamW, lr=1e-2)
+    sched = SWALR(opt, swa_lr=1e-3, anneal_epochs=2)
+    with pytest.warns(PlanLRWarning):
+        _steps(opt, sched, 3)  # control: every group annealed to the one absolute swa_lr
+    opt = fxparam.optimizer(model, torch.optim.AdamW, lr=1e-2)
+    sched = fxs.adapt(SWALR, opt, swa_lr=1e-3, anneal_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanLRWarning)
+        _steps(opt, sched, 3)
+    # annealed: each group at swa_lr times its muP multiplier (hidden 1/m_d, embedding 1), by hand
+    assert _lr_of(opt, "blocks.0.attn.qkv.weight") == pytest.approx(1e-3 / M_D)
+    assert _lr_of(opt, "wte.weight") == pytest.approx(1e-3)
