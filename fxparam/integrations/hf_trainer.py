@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from fxparam.errors import OptimizerError
+from fxparam.optim import _default_of
 
 
 class PlannedOptimizerFactory:
@@ -114,7 +115,7 @@ def optimizer_cls_and_kwargs(
         out["lr"] = lr
         wd = weight_decay if weight_decay is not None else getattr(args, "weight_decay", 0.0)
         out["weight_decay"] = wd
-    if args is not None and any(c.__name__ in ("Adam", "AdamW") for c in opt_cls.__mro__):
+    if args is not None and isinstance(_default_of(opt_cls, "betas"), tuple):  # Adam family: AdamW, NAdam, RAdam...
         out.setdefault("betas", (args.adam_beta1, args.adam_beta2))
         out.setdefault("eps", args.adam_epsilon)
     return PlannedOptimizerFactory, out

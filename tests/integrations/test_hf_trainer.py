@@ -91,3 +91,5 @@ def test_args_optim_picks_the_class_or_is_refused(model: torch.nn.Module, tmp_pa
         hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, optim="lion_32bit"))
     explicit = hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, optim="lion_32bit"), torch.optim.AdamW)
     assert explicit[1]["opt_cls"] is torch.optim.AdamW  # an explicit class wins
+    nadam = hf_trainer.optimizer_cls_and_kwargs(_args(tmp_path, adam_beta1=0.8, adam_epsilon=1e-6), torch.optim.NAdam)
+    assert (nadam[1]["betas"], nadam[1]["eps"]) == ((0.8, 0.999), 1e-6)  # args' Adam settings reach NAdam too
