@@ -126,6 +126,70 @@ def _query_rows(
     return None, None, 0
 
 
+def _float_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _float_tensors(v)]
+    return []
+
+
+@torch.no_grad()
+def _absorbing_parameter(
+    model: nn.Module, name: str, module: nn.Module, f_out: float, f_in: float, args: tuple, kwargs: dict,
+    captured: dict[str, tuple[tuple, dict]],
+) -> nn.Parameter | None:
+    """The one parameter of ``module`` whose scaling by ``f_out * f_in`` reproduces ``f_out * module(f_in * x)``.
+
+    For a module fold does not know (an MoE's batched experts, whose output is linear in
+    ``down_proj``; a router whose logits are linear in its weight), each floating-point parameter
+    is tried on the module's own input from one forward of the model (eval, no grad): scaled,
+    the module's plain output must equal the planned one (relative 1e-5).  None if no
+    parameter does (nonlinear in all of them, or several weights would have to change).
+    """
+    from fxparam.lowering.verify import _Replay
+
+    if not captured:
+        def recorder(fqn: str) -> Any:
+            def hook(mod: nn.Module, a: tuple, k: dict) -> None:
+                captured.setdefault(fqn, (a, k))
+
+            return hook
+
+        handles = [m.register_forward_pre_hook(recorder(n), with_kwargs=True, prepend=True)
+                   for n, m in model.named_modules()]
+        try:
+            _outputs(model, args, kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+    if name not in captured:
+        return None
+    call_args, call_kwargs = captured[name]
+    training = module.training
+    module.eval()
+    try:
+        replay = _Replay(module, [False])
+        expected = _float_tensors(replay.realize(call_args, call_kwargs, out=f_out, inp=f_in))
+        for p in module.parameters():
+            if not p.is_floating_point() or not expected:
+                continue
+            saved = p.detach().clone()
+            p.mul_(f_out * f_in)
+            try:
+                got = _float_tensors(replay.realize(call_args, call_kwargs))
+            finally:
+                p.copy_(saved)
+            if len(got) == len(expected) and all(
+                a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * (float(b.abs().max()) or 1.0)
+                for a, b in zip(got, expected, strict=True)
+            ):
+                return p
+    finally:
+        module.train(training)
+    return None
+
+
 def _outputs(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     from fxparam.lowering.verify import _first_tensor, _logits
 
@@ -183,6 +247,7 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
 
     factors = _Factors()
     problems: list[str] = []
+    captured: dict[str, tuple[tuple, dict]] = {}
     for name, m in modules.items():
         f_out, f_in, _pushed, _ = _state_factors(m)
         if f_out == 1.0 and f_in == 1.0:
@@ -196,8 +261,13 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
         elif isinstance(m, nn.Embedding) and f_in == 1.0:
             factors.scale(name, m.weight, f_out)
         else:
+            found = _absorbing_parameter(out, name, m, f_out, f_in, args, kwargs, captured)
+            if found is not None:
+                factors.scale(name, found, f_out * f_in)
+                continue
             problems.append(f"{name} ({type(m).__name__}): x{f_out:.6g} on its output, x{f_in:.6g} on its input - "
-                            "only Linear, Conv1D and Embedding modules can absorb a multiplier")
+                            "no single parameter of it absorbs the multiplier (Linear, Conv1D and Embedding "
+                            "modules always do; others, e.g. MoE experts, when their output is linear in one weight)")
     attr_resets: list[tuple[nn.Module, str, float]] = []
     for name, site in plan.attention.items():
         if site.previous == 0 or abs(site.scale / site.previous - 1.0) < 1e-12:

@@ -161,3 +161,39 @@ def test_fold_of_conv1d_and_per_head_fused_qkv_absorbs_branch_and_attention_fact
     plain.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
         assert not torch.allclose(plain(input_ids=idx).logits, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_fold_of_an_moe_absorbs_the_branch_factor_into_the_experts_down_proj_and_the_router_factor(
+    tmp_path: Path,
+) -> None:
+    """Mixtral's batched experts are no Linear: their output sum_k g_k down_k(silu(gate_k x) * up_k x) is linear
+    in down_proj only, and the router's logits are linear in its weight.  Expected from first principles:
+    down_proj x (L/L0)^-1 = 1/2 (CompleteP, Dey et al. 2025), router weight x base_width/width = 16/64 (its
+    output, the experts axis, does not grow with width: a readout, muP Table 3), gate_up_proj unchanged
+    (silu is not homogeneous: scaling it would change the output - the fold's per-parameter trial rejects it)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2, max_position_embeddings=64, use_cache=False)
+    model = fxparam.transform(transformers.MixtralForCausalLM(cfg), "completep", base_width=16, base_depth=1).eval()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        ref = model(input_ids=idx).logits
+    folded = fxparam.fold(model)
+    after = folded.state_dict()
+    experts = "model.layers.1.mlp.experts"
+    torch.testing.assert_close(after[experts + ".down_proj"], before[experts + ".down_proj"] * 0.5, rtol=0, atol=0)
+    assert torch.equal(after[experts + ".gate_up_proj"], before[experts + ".gate_up_proj"])
+    torch.testing.assert_close(after["model.layers.1.mlp.gate.weight"], before["model.layers.1.mlp.gate.weight"] * 0.25,
+                               rtol=0, atol=0)
+    assert _plain_state(folded) == []
+    folded.save_pretrained(tmp_path / "folded")
+    loaded = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "folded").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=idx).logits, ref, rtol=1e-4, atol=1e-4)
+    plain = transformers.MixtralForCausalLM(cfg).eval()  # negative control: the unfolded weights differ
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain(input_ids=idx).logits, ref, rtol=1e-3, atol=1e-3)
