@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import torch
@@ -285,6 +286,9 @@ class MuonAdamW(torch.optim.Optimizer):
         super().__init__([*muon.param_groups, *adam.param_groups], {"lr": base[0] if base else adam.defaults["lr"]})
         # Optimizer.__init__ re-registered the same dicts: keep them shared with the two inner optimizers
         self.param_groups = [*muon.param_groups, *adam.param_groups]
+        # per-parameter state is the inner optimizers' (code that moves `opt.state` to a device, as
+        # Lightning does on restore, reaches it)
+        self.state = _JointState(self)  # type: ignore[assignment]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -305,6 +309,44 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.load_state_dict(state_dict["muon"])
         self.adam.load_state_dict(state_dict["adam"])
         self.param_groups = [*self.muon.param_groups, *self.adam.param_groups]
+
+
+class _JointState(MutableMapping):
+    """``MuonAdamW.state``: a view of ``muon.state`` and ``adam.state``; a write goes to the optimizer owning the
+    Parameter (the inner dicts are looked up at each access: ``load_state_dict`` replaces them)."""
+
+    def __init__(self, owner: MuonAdamW) -> None:
+        self._owner = owner
+
+    def _maps(self) -> tuple[Any, Any]:
+        return self._owner.muon.state, self._owner.adam.state
+
+    def _owning(self, key: Any) -> Any:
+        in_muon = any(key is p for g in self._owner.muon.param_groups for p in g["params"])
+        return self._owner.muon.state if in_muon else self._owner.adam.state
+
+    def __getitem__(self, key: Any) -> Any:
+        for m in self._maps():
+            if key in m:
+                return m[key]
+        raise KeyError(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._owning(key)[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        for m in self._maps():
+            if key in m:
+                del m[key]
+                return
+        raise KeyError(key)
+
+    def __iter__(self) -> Any:
+        for m in self._maps():
+            yield from m
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self._maps())
 
 
 def muon_optimizer(

@@ -125,3 +125,23 @@ def test_defaults_lr_is_the_base_lr_for_schedulers_that_read_it() -> None:
     # end of the cosine: every group at min_lr/base = 1/100 of its peak; Muon hidden peak eta/sqrt(m_d)
     assert opt.muon.param_groups[0]["lr"] == pytest.approx(2e-2 / math.sqrt(4) / 100)
     assert fxparam.optim.ratios_kept(opt)
+
+
+def test_state_is_the_inner_optimizers_state() -> None:
+    """opt.state reaches both inner states (Lightning moves `optimizer.state` to the device on restore)."""
+    model = _model(128)
+    opt = fxparam.optimizer(model, torch.optim.Muon, lr=1e-2)
+    model(X, X)[1].backward()
+    opt.step()
+    stepped = {p for g in opt.param_groups for p in g["params"] if p.grad is not None}
+    assert set(opt.state) == stepped == set(opt.muon.state) | set(opt.adam.state)
+    hidden = opt.muon.param_groups[0]["params"][0]
+    emb = model.wte.weight
+    for p in (hidden, emb):  # what lightning.fabric's _optimizer_to_device does, with a copy for a move
+        opt.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+    assert opt.state[hidden] is opt.muon.state[hidden] and hidden not in opt.adam.state
+    assert opt.state[emb] is opt.adam.state[emb] and emb not in opt.muon.state
+    opt.load_state_dict(opt.state_dict())  # replaces the inner state dicts: the view follows
+    assert set(opt.state) == stepped
+    model(X, X)[1].backward()
+    opt.step()
