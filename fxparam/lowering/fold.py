@@ -215,7 +215,9 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
             (the folded model then has one more Parameter; HF configs get
             ``tie_word_embeddings=False``).
         example_inputs: inputs for the equality check (optional for GPT / HF models).
-        inplace: fold ``model`` itself instead of a deep copy.
+        inplace: fold ``model`` itself instead of a deep copy (all or nothing: if the fold is
+            refused or its check fails, ``model`` is restored exactly - weights, Parameter
+            identity and ties, classes, hooks, plan, ``config``).
 
     Returns:
         The folded model (a copy unless ``inplace``): same class, no fxparam hooks or classes,
@@ -234,15 +236,39 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
         >>> type(plain).__name__, hasattr(plain, "_fxparam_plan"), type(plain.blocks[0].attn.proj).__name__
         ('GPT', False, 'Linear')
     """
-    from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, ScaledLinear
-    from fxparam.lowering.verify import _probe_inputs, _state_factors
-    from fxparam.plan import PLAN_ATTR, plan_of, unwrap
+    from fxparam.lowering.verify import _probe_inputs
+    from fxparam.plan import plan_of, unwrap
 
     source = unwrap(model)
     plan = plan_of(source)
     args, kwargs = _probe_inputs(source, example_inputs)
     reference = _outputs(source, args, kwargs)
-    out = source if inplace else copy.deepcopy(source)
+    if not inplace:
+        return _fold_into(copy.deepcopy(source), plan, args, kwargs, reference, untie)
+    # in place: all or nothing - a refusal or a failed equality check leaves the user's model as it was
+    from fxparam.lowering._rollback import Snapshot
+
+    snapshot = Snapshot(source)
+    config = getattr(source, "config", None)
+    saved_config = dict(vars(config)) if hasattr(config, "__dict__") else None  # fxparam_plan, tie_word_embeddings
+    try:
+        return _fold_into(source, plan, args, kwargs, reference, untie)
+    except BaseException:
+        snapshot.restore()
+        if saved_config is not None:
+            vars(config).clear()
+            vars(config).update(saved_config)
+        raise
+
+
+def _fold_into(
+    out: nn.Module, plan: Any, args: tuple, kwargs: dict, reference: torch.Tensor, untie: bool
+) -> nn.Module:
+    """Absorb ``plan``'s multipliers into ``out``'s weights and strip fxparam's state (see :func:`fold`)."""
+    from fxparam.lowering._hooks import InputScale, OutputScale, PopScale, PushScale, ScaledLinear
+    from fxparam.lowering.verify import _state_factors
+    from fxparam.plan import PLAN_ATTR
+
     modules = dict(out.named_modules())
 
     factors = _Factors()
@@ -380,6 +406,6 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
             f"fxparam.fold: the folded {type(out).__name__} differs from the transformed model by {err:.3g} "
             "(relative max): a multiplier was not absorbed where it acts (e.g. a query projection followed by a "
             "norm, or a fused projection laid out per head). Keep the transformed model (fxparam.save / "
-            "save_pretrained carry the plan)." + ("" if not inplace else " The model was folded in place.")
+            "save_pretrained carry the plan)."
         )
     return out

@@ -197,3 +197,37 @@ def test_fold_of_an_moe_absorbs_the_branch_factor_into_the_experts_down_proj_and
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert not torch.allclose(plain(input_ids=idx).logits, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_a_failed_inplace_fold_leaves_the_transformed_model_exactly_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection at the last step (the equality check fails after untying, scaling weights and
+    stripping hooks): the in-place model is restored - tie, Parameter identity, values, hooks, plan."""
+    import fxparam.lowering.fold as fold_mod
+
+    torch.manual_seed(0)
+    model = fxparam.transform(_nanogpt(), "completep", **KW).eval()
+    idx = torch.randint(0, 128, (2, 16))
+    with torch.no_grad():
+        ref = _logits(model(idx, idx))
+    params = {n: (id(p), p.detach().clone()) for n, p in model.named_parameters(remove_duplicate=False)}
+    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks), type(m)) for n, m in model.named_modules()}
+    real = fold_mod._outputs
+    calls = []
+
+    def broken(m: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        calls.append(1)
+        y = real(m, args, kwargs)
+        return y + 1.0 if len(calls) == 2 else y  # the folded model's check
+
+    monkeypatch.setattr(fold_mod, "_outputs", broken)
+    with pytest.raises(fxparam.LoweringError, match="differs from the transformed model"):
+        fxparam.fold(model, untie=True, example_inputs=(idx, idx), inplace=True)
+    assert len(calls) == 2
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    after = {n: (id(p), p.detach().clone()) for n, p in model.named_parameters(remove_duplicate=False)}
+    assert after.keys() == params.keys()
+    assert all(after[n][0] == params[n][0] and torch.equal(after[n][1], params[n][1]) for n in params)
+    assert {n: (len(m._forward_hooks), len(m._forward_pre_hooks), type(m)) for n, m in model.named_modules()} == hooks
+    assert fxparam.verify(model).ok
+    with torch.no_grad():
+        assert torch.equal(_logits(model(idx, idx)), ref)
