@@ -319,3 +319,21 @@ def test_at_base_width_and_depth_the_transformed_model_computes_the_original(arc
     half = fxparam.transform(copy.deepcopy(original), "completep", base_width=width // 2, base_depth=depth, init=False)
     with torch.no_grad():
         assert not torch.allclose(call(half.eval(), idx), ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_is_verified_within_its_rounding_and_a_wrong_factor_still_fails(dtype) -> None:
+    """A half-precision Llama: scaling the weight instead of the activation rounds differently (fp16 gave a
+    relative 1.4e-4 and the transform was refused).  Tolerance 4 ulps of the dtype; the CompleteP branch
+    factor base_depth/depth = 1/2 doubled to 1 is still found."""
+    pytest.importorskip("transformers")
+    from fxparam.models.hf import hf_model
+
+    torch.manual_seed(0)
+    model = fxparam.transform(hf_model("llama").to(dtype), "completep", base_width=16, base_depth=1,
+                              base_head_dim=4, output_multiplier=1.3)
+    assert verify(model).ok
+    target = "model.layers.1.mlp.down_proj"
+    dict(model.named_modules())[target].fxparam_out *= 2.0
+    bad = {c.site: c for c in verify(model).failures if c.how == "probe"}
+    assert set(bad) == {target} and math.isclose(bad[target].realized, 1.0, rel_tol=0.02)
