@@ -183,37 +183,6 @@ def analyse(
 # ------------------------------------------------------------------------------ helpers
 
 
-def _role(sf: StructureFinder, shape: list[int], uses: list, width: int | None) -> dict[str, Any]:
-    kinds = {u.kind for u in uses}
-    base: dict[str, Any] = {"shape": shape, "module": "", "used": bool(uses)}
-    if "embedding" in kinds:
-        return base | {"role": "embedding", "fan_in_width": False, "fan_out_width": True, "fan_in_dim": 0,
-                       "fan_in": shape[0] if shape else None, "fan_out": shape[-1] if shape else None}
-    mm = [u for u in uses if u.kind == "matmul"]
-    if mm and len(shape) >= 2:
-        u = mm[0]
-        fan_in = shape[u.fan_in_dim] if u.fan_in_dim is not None else shape[-1]
-        fan_out = shape[1 - u.fan_in_dim] if u.fan_in_dim in (0, 1) else shape[0]
-        sizes = {"fan_in": fan_in, "fan_out": fan_out, "fan_in_dim": u.fan_in_dim}
-        if any(x.node in sf.in_branch for x in mm):
-            return base | sizes | {"role": "hidden", "fan_in_width": True, "fan_out_width": True}
-        inp = all(sf.input_side(x) for x in mm)
-        out = any(sf.output_side(x) for x in mm)
-        if inp and out:  # a single layer: no dimension can be told to grow with width
-            return base | sizes | {"role": "readout", "fan_in_width": False, "fan_out_width": False}
-        if inp:
-            return base | sizes | {"role": "embedding", "fan_in_width": False, "fan_out_width": True}
-        if out and fan_out != width:
-            return base | sizes | {"role": "readout", "fan_in_width": True, "fan_out_width": False}
-        return base | sizes | {"role": "hidden", "fan_in_width": True, "fan_out_width": True}
-    if len(shape) >= 2 and uses and not any(sf.block_of(sf.mg.stack.get(u.node, [])) for u in uses):
-        # a table added to the input (e.g. a learned position Parameter): embedding-like
-        return base | {"role": "embedding", "fan_in_width": False, "fan_out_width": True,
-                       "fan_in": shape[-2], "fan_out": shape[-1], "fan_in_dim": len(shape) - 2}
-    return base | {"role": "vector", "fan_in_width": False, "fan_out_width": True,
-                   "fan_out": shape[-1] if shape else None}
-
-
 def _previous_block(cap: Capture, fqn: str) -> str:
     """The same module in the block before, for a module in the last captured block of a shortened container."""
     for prefix, (kept, _total) in cap.reduced.items():

@@ -205,7 +205,7 @@ class DimAnalysis:
         shapes = [(a, self.shape(a)) for a in args]
         shapes = [(a, s) for a, s in shapes if s is not None]
         for _a, s in shapes:
-            if len(s) > len(so) or any(x not in (1, y) for x, y in zip(reversed(s), reversed(so))):
+            if len(s) > len(so) or any(x not in (1, y) for x, y in zip(reversed(s), reversed(so), strict=False)):
                 return False
         for a, s in shapes:
             off = len(so) - len(s)
@@ -609,7 +609,7 @@ class DimAnalysis:
         lhs, rhs = eq.split("->")
         terms = lhs.split(",")
         where: dict[str, list[Key]] = {}
-        for term, op in zip(terms, operands):
+        for term, op in zip(terms, operands, strict=True):
             for i, ch in enumerate(term):
                 where.setdefault(ch, []).append((op, i))
         for i, ch in enumerate(rhs):
@@ -618,10 +618,10 @@ class DimAnalysis:
             for k in ks[1:]:
                 if (self.shape(k[0]) or ())[k[1]] != 1:
                     self._u(ks[0], k)
-        for term, op in zip(terms, operands):
+        for term, op in zip(terms, operands, strict=True):
             others = [o for o in operands if o != op]
             w_in = [i for i, ch in enumerate(term) if ch not in rhs]
-            w_out = [i for i, ch in enumerate(term) if ch in rhs and not any(ch in tt for tt, o in zip(terms, operands) if o != op)]
+            w_out = [i for i, ch in enumerate(term) if ch in rhs and not any(ch in tt for tt, o in zip(terms, operands, strict=True) if o != op)]
             self._record(node.name, op, "linear", w_in, w_out, others[0] if others else None)
 
     def _view(self, x: str | None, out: str) -> None:
@@ -668,11 +668,10 @@ class DimAnalysis:
         a = [i for i, s in enumerate(sx) if s != 1]
         b = [i for i, s in enumerate(so) if s != 1]
         if len(a) == len(b):
-            for i, j in zip(a, b):
+            for i, j in zip(a, b, strict=True):
                 self._u((x, i), (out, j))
 
     def _reduce(self, node: torch.fx.Node) -> None:
-        t = str(node.target)
         x = self._name(node.args[0])
         sx = self.shape(x) if x else None
         if sx is None:
@@ -784,7 +783,7 @@ class DimAnalysis:
                 produced.append((ins, outs))
         if not residual_adds and not changed:
             # no residual stream: width = dims produced by one weight and read by another
-            for ins, outs in produced:
+            for _ins, outs in produced:
                 for c in outs:
                     if c in contracted and c not in fixed:
                         width[c] = "hidden matmul dim (read and written by weights)"

@@ -20,6 +20,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
@@ -84,7 +85,7 @@ def changed_axes(model: nn.Module, wide: nn.Module) -> dict[str, list[int]]:
     for n, p in model.named_parameters(remove_duplicate=False):
         s = shapes.get(n)
         if s is not None and len(s) == p.dim():
-            out[n] = [i for i, (a, b) in enumerate(zip(p.shape, s)) if a != b]
+            out[n] = [i for i, (a, b) in enumerate(zip(p.shape, s, strict=True)) if a != b]
     return out
 
 

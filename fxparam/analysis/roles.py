@@ -87,8 +87,8 @@ def param_role(mg: ModelGraph, sf: StructureFinder, dims: DimAnalysis, pnode: st
                        "fan_out": shape[-1] if shape else None,
                        "reason": f"[{text}], no matmul"}
     roles = [use_role(dims, c) for c in uses]
-    emb = [c for c, r in zip(uses, roles) if c.kind == "embedding"]
-    readouts = [c for c, r in zip(uses, roles) if r in ("readout", "fixed") and c.kind == "linear"]
+    emb = [c for c, r in zip(uses, roles, strict=True) if c.kind == "embedding"]
+    readouts = [c for c, r in zip(uses, roles, strict=True) if r in ("readout", "fixed") and c.kind == "linear"]
     if emb:
         c = emb[0]
         out = {"role": "embedding", "fan_in_width": False,
@@ -107,7 +107,7 @@ def param_role(mg: ModelGraph, sf: StructureFinder, dims: DimAnalysis, pnode: st
                 out["warning"] = _no_site_warning(mg, alias, r)
         return base | out
     order = {"hidden": 0, "readout": 1, "embedding": 2, "fixed": 3}
-    best = min(zip(uses, roles), key=lambda cr: order[cr[1]])
+    best = min(zip(uses, roles, strict=True), key=lambda cr: order[cr[1]])
     c, role = best
     fan_in_dim = c.in_axes[0] if len(c.in_axes) == 1 else None
     fan_out_dim = c.out_axes[0] if len(c.out_axes) == 1 else None
