@@ -60,7 +60,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
         metadata: extra string metadata to store.
 
     Raises:
-        LoweringError: ``model`` was never transformed (save a plain model with safetensors).
+        LoweringError: ``model`` was never transformed (save a plain model with safetensors), or
+            carries fxparam's scaling but its plan was deleted.
 
     Example:
         >>> import os, tempfile
@@ -77,8 +78,10 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, 
     from safetensors.torch import save_model
 
     from fxparam._version import __version__
+    from fxparam.lowering._rollback import require_plan
 
     inner = unwrap(model)
+    require_plan(inner, "fxparam.save")  # its weights are in the plan's parameterization: never save it plan-less
     plan = plan_of(inner)
     meta = {METADATA_KEY: plan.to_json(), "fxparam_version": __version__, **(metadata or {})}
     save_model(inner, os.fspath(path), metadata=meta)

@@ -272,3 +272,28 @@ def fxparam_state(model: nn.Module) -> list[str]:
                 or getattr(m, "_fxparam_masks", None)):
             found.append(name or "<root>")
     return found
+
+
+def require_plan(model: nn.Module, what: str) -> None:
+    """Refuse, with the right diagnosis, a model that carries fxparam's state but no recorded plan.
+
+    ``plan_of`` alone would call it "not transformed"; its hooks and ``ScaledLinear`` classes
+    still scale it (the plan attribute was deleted, e.g. ``del model._fxparam_plan``).
+
+    Raises:
+        LoweringError: naming the modules with fxparam's state and how to put the plan back.
+    """
+    from fxparam.plan import PLAN_ATTR
+
+    if getattr(model, PLAN_ATTR, None) is not None:
+        return
+    state = fxparam_state(model)
+    if state:
+        raise LoweringError(
+            f"{what}: {type(model).__name__} is transformed - {len(state)} module(s) carry fxparam's forward-time "
+            f"scaling ({', '.join(state[:3])}{', ...' if len(state) > 3 else ''}) - but its recorded plan is gone "
+            f"(was `{PLAN_ATTR}` deleted?), so there is nothing to check or absorb it against. Put the plan back "
+            "with fxparam.plan.attach(model, plan) (the plan fxparam.plan(...) builds for this model and config, "
+            "or the checkpoint's), or rebuild the model and transform it once."
+        )
+

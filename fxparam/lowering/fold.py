@@ -224,7 +224,8 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
         no plan; outputs equal the transformed model's within fp32 tolerance.
 
     Raises:
-        LoweringError: the model was not transformed; a multiplier that cannot be absorbed
+        LoweringError: the model was not transformed (or its plan was deleted), or is a
+            graph lowering's GraphModule; a multiplier that cannot be absorbed
             (listed, with ``untie=True`` where tying is the reason); or folded outputs that
             differ from the transformed model's.
 
@@ -240,6 +241,15 @@ def fold(model: nn.Module, *, untie: bool = False, example_inputs: Any = None, i
     from fxparam.plan import plan_of, unwrap
 
     source = unwrap(model)
+    if isinstance(source, torch.fx.GraphModule):
+        raise LoweringError(
+            "fxparam.fold folds an eager-transformed model; this GraphModule (lowering='graph') holds the "
+            "multipliers as graph nodes. Apply its plan eagerly to the original module and fold that: "
+            "fxparam.fold(fxparam.apply_plan(model, fxparam.plan_of(gm)))."
+        )
+    from fxparam.lowering._rollback import require_plan
+
+    require_plan(source, "fxparam.fold")
     plan = plan_of(source)
     args, kwargs = _probe_inputs(source, example_inputs)
     reference = _outputs(source, args, kwargs)

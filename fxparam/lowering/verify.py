@@ -498,7 +498,8 @@ def verify(
         A :class:`VerifyReport` (print it for a table; ``report.ok``, ``report.failures``).
 
     Raises:
-        LoweringError: the model was never transformed; or, with ``raise_on_failure``, a site
+        LoweringError: the model was never transformed, or carries fxparam's scaling without its
+            plan (``del model._fxparam_plan``); or, with ``raise_on_failure``, a site
             whose realized factor/scale differs from the plan (naming site, planned, realized).
 
     Example:
@@ -512,9 +513,11 @@ def verify(
         fxparam.verify(GPT): ... checks, 0 failed (probed on a forward)
         ...
     """
+    from fxparam.lowering._rollback import require_plan
     from fxparam.plan import plan_of, unwrap
 
     model = unwrap(model)
+    require_plan(model, "fxparam.verify")
     plan = plan_of(model)
     report = VerifyReport(model_class=type(model).__name__)
     modules = dict(model.named_modules())

@@ -216,3 +216,26 @@ def test_compile_of_a_compiled_module_and_instance_patched_forwards_are_refused_
         del module.forward
     fxparam.transform(model, "completep", base_width=16, base_depth=1)  # control: the unpatched model goes through
     assert verify(model).ok
+
+
+def test_verify_fold_and_save_name_a_deleted_plan_instead_of_calling_the_model_untransformed(tmp_path: Any) -> None:
+    """After ``del model._fxparam_plan`` the readout is still scaled by base_width/width = 1/2 (muP Table 3):
+    "not transformed" would be false.  verify / fold / save say what happened; re-attaching the plan
+    (built for this model and config) makes verify pass again; a graph lowering's GraphModule is
+    refused by fold with the eager route."""
+    from fxparam.plan import attach
+
+    model = fxparam.transform(_gpt(), "mup", base_width=16)
+    the_plan = fxparam.plan_of(model)
+    del model._fxparam_plan
+    for call in (lambda: verify(model), lambda: fxparam.fold(model),
+                 lambda: fxparam.save(model, tmp_path / "x.safetensors")):
+        with pytest.raises(fxparam.LoweringError, match=r"is transformed .*lm_head.*plan is gone.*attach"):
+            call()
+    assert not (tmp_path / "x.safetensors").exists()
+    attach(model, the_plan)
+    assert verify(model).ok
+    idx = torch.zeros(2, 8, dtype=torch.long)
+    gm = fxparam.transform(_gpt(), "mup", base_width=16, lowering="graph", example_inputs=idx)
+    with pytest.raises(fxparam.LoweringError, match=r"GraphModule.*apply_plan"):
+        fxparam.fold(gm, example_inputs=idx)
