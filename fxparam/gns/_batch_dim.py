@@ -31,6 +31,8 @@ override: ``batch_dim=`` on :func:`fxparam.gns.swap_norms` / :func:`fxparam.gns.
 
 from __future__ import annotations
 
+import inspect
+import re
 import warnings
 from typing import Any
 
@@ -107,14 +109,24 @@ def _to_meta(value: Any, widen: bool = False) -> Any:
     return value
 
 
-def _top_level_tensors(args: tuple, kwargs: dict) -> list[tuple[tuple[str, int | str], torch.Tensor]]:
-    out: list[tuple[tuple[str, int | str], torch.Tensor]] = []
-    for i, a in enumerate(args):
-        if isinstance(a, torch.Tensor):
-            out.append((("arg", i), a))
-    for k, v in kwargs.items():
-        if isinstance(v, torch.Tensor):
-            out.append((("kwarg", k), v))
+def _walk(value: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        return [(path, value)]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _walk(v, (*path, i))]
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _walk(v, (*path, k))]
+    return []
+
+
+def _top_level_tensors(args: tuple, kwargs: dict) -> list[tuple[tuple[str, Any], torch.Tensor]]:
+    """Every input tensor with its location: ``("arg", i)`` / ``("kwarg", name)`` at the top level,
+    ``("arg", (i, key, ...))`` inside (nested) dicts, lists and tuples (a batch passed as a dict)."""
+    out: list[tuple[tuple[str, Any], torch.Tensor]] = []
+    for kind, items in (("arg", list(enumerate(args))), ("kwarg", list(kwargs.items()))):
+        for top, v in items:
+            for path, t in _walk(v, (top,)):
+                out.append(((kind, path[0] if len(path) == 1 else path), t))
     return out
 
 
@@ -394,7 +406,13 @@ def _read_n(root: GNSRoot, args: tuple, kwargs: dict) -> int | None:
     if root.input_loc is None:
         return None
     kind, key, d = root.input_loc
-    t = args[key] if kind == "arg" and isinstance(key, int) and key < len(args) else kwargs.get(str(key))
+    path = key if isinstance(key, tuple) else (key,)
+    t: Any = args if kind == "arg" else kwargs
+    for k in path:  # a nested location (a dict batch) is a tuple of keys
+        try:
+            t = t[k]
+        except (IndexError, KeyError, TypeError):
+            return None
     return int(t.shape[d]) if isinstance(t, torch.Tensor) and t.dim() > d else None
 
 
@@ -407,10 +425,43 @@ def _apply_override(root: GNSRoot) -> None:
             m.set_example_layout(int(bd[fqn]))  # type: ignore[attr-defined]
 
 
+_PACKED = re.compile(r"cu_?seq_?lens", re.IGNORECASE)
+
+
+def _packed_input(model: nn.Module, args: tuple, kwargs: dict) -> str | None:
+    """The name of an input holding cumulative sequence lengths (``cu_seqlens``, ``cu_seq_lens_q``), if any."""
+    named: dict[str, Any] = dict(kwargs)
+    try:
+        named.update(inspect.signature(model.forward).bind_partial(*args).arguments)
+    except (TypeError, ValueError):
+        pass
+    for name, value in named.items():
+        for path, t in _walk(value, (name,)):
+            hit = next((str(k) for k in path if _PACKED.search(str(k))), None)
+            if hit is not None and t.numel() > 0:
+                return hit
+    return None
+
+
 def resolve(root: GNSRoot, model: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Find the layouts of ``root``'s norms from one forward's inputs (once), honouring overrides."""
+    """Find the layouts of ``root``'s norms from one forward's inputs (once), honouring overrides.
+
+    Raises:
+        GNSError: the layouts cannot be found (see :func:`find_layouts`), or the inputs are packed
+            variable-length sequences (a ``cu_seqlens`` input): examples are then segments of one
+            token dim, which a per-example norm cannot split.
+    """
     if root.found:
         return
+    packed = _packed_input(model, args, kwargs)
+    if packed is not None:
+        raise GNSError(
+            f"fxparam.gns: {type(model).__name__} is called with packed variable-length sequences (input "
+            f"{packed!r}): examples are segments of one token dim, and the per-example norms of "
+            f"{sorted(root.norms)[:4]} cannot split them (each token or each packed row would be read as an "
+            "example, a wrong noise scale). Feed padded (batch, sequence) inputs for the steps that measure "
+            "GNS, or unswap the norms (fxparam.gns.unswap_norms)"
+        )
     overridden = set()
     bd = root.batch_dim
     if isinstance(bd, int):

@@ -24,6 +24,7 @@ import copy
 import functools
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -429,7 +430,10 @@ class GNSRoot:
 
     Attributes:
         input_loc: where the example count is read from the model inputs: ``("arg", i, dim)``
-            or ``("kwarg", name, dim)``; None when unknown.
+            or ``("kwarg", name, dim)`` (``i`` / ``name`` a tuple of keys for a tensor inside a
+            dict / list input); None when unknown.
+        warned_paired: whether the paired-forwards warning was given (see
+            :class:`PerExampleNormMixin`).
         n: examples in the current forward (from ``input_loc``), or None.
         forward_id: eager forwards seen (a norm allocates a fresh per-example sink per forward).
         found: whether example layouts have been looked for (once, at the first eager forward
@@ -439,12 +443,13 @@ class GNSRoot:
     """
 
     def __init__(self, batch_dim: int | dict[str, int] | None = None) -> None:
-        self.input_loc: tuple[str, int | str, int] | None = None
+        self.input_loc: tuple[str, Any, int] | None = None
         self.n: int | None = None
         self.forward_id = 0
         self.found = False
         self.batch_dim = batch_dim
         self.norms: dict[str, nn.Module] = {}
+        self.warned_paired = False  # a second forward before a backward shared the sinks (warned once)
 
     def __repr__(self) -> str:
         return (
@@ -514,11 +519,13 @@ class PerExampleNormMixin:
     each example's *summed* gradient, the per-example gradient of the shared parameter, and
     adds it to :attr:`gns_accumulator`. Under ``torch.compile`` the sink is an ordinary graph
     input (no Python state is touched in the compiled backward); it must exist before the first
-    compiled call (:func:`fxparam.gns.prepare`, or any eager forward, allocates it). Eagerly,
-    each model forward gets fresh sinks, so ``f(a) + f(b)`` before one backward counts ``2B``
-    examples; compiled forwards share one sink per norm, so there each forward must be followed
-    by its backward before the next (as in gradient accumulation), or examples with the same
-    index would be summed.
+    compiled call (:func:`fxparam.gns.prepare`, or any eager forward, allocates it). Forwards of
+    the same batch size before one backward share the sink, eagerly and compiled alike:
+    ``f(a) + f(b)`` counts ``B`` examples, example ``i`` being the pair ``(a_i, b_i)`` (right for
+    contrastive / chosen-rejected losses, which couple them; a ``UserWarning`` says so once). For
+    independent examples, call backward after each forward (gradient accumulation) or
+    concatenate. A forward of another batch size gets its own sink (its examples are counted
+    separately).
 
     Which input dimension indexes examples is :attr:`example_layout` (found from the model's
     inputs by :func:`fxparam.gns.swap_norms` / :func:`fxparam.gns.monitor`; the leading dim for a
@@ -587,14 +594,23 @@ class PerExampleNormMixin:
                 )
             return sink
         fid = st.root.forward_id if st.root is not None else None
-        reusable = (
-            sink is not None
-            and tuple(sink.shape) == shape
-            and sink.device == device
-            # same forward (a module used several times), or the last one's gradient was read;
-            # without a root (a module used on its own) every call until the backward shares it
-            and (not st.pending or fid is None or st.sink_forward == fid)
-        )
+        # Every call until the backward reads the sink's gradient shares it: the same forward (a
+        # module used several times) or another forward of the same batch size before one backward
+        # (f(a) and f(b) in a contrastive / paired loss: example i of each is one example, as in a
+        # compiled model). Another batch size gets its own sink: independent examples.
+        reusable = sink is not None and tuple(sink.shape) == shape and sink.device == device
+        if reusable and st.pending and fid is not None and st.sink_forward != fid and st.root is not None:
+            if not getattr(st.root, "warned_paired", False):  # roots pickled before it existed
+                st.root.warned_paired = True
+                warnings.warn(
+                    f"fxparam.gns: per-example norm {st.fqn or type(self).__name__!r} ran in a second model forward "
+                    f"with the same number of examples ({n}) before a backward: example i of each forward is "
+                    "taken to be one example (a pair, as in a contrastive or chosen/rejected loss) and its "
+                    "gradients are summed. If the forwards hold independent examples, call backward after each "
+                    "(gradient accumulation) or concatenate them into one batch; if a forward was never "
+                    "backpropagated (an evaluation with gradients on), run it under torch.no_grad()",
+                    stacklevel=4,
+                )
         if not reusable:
             sink = torch.zeros(shape, dtype=torch.float32, device=device, requires_grad=True)
             sink.register_post_accumulate_grad_hook(functools.partial(_consume_sink, st))

@@ -212,6 +212,10 @@ def swap_norms(
     if fqns is None:
         skipped: list[str] = []
         for fqn, m in model.named_modules():
+            if isinstance(m, _NOT_LN_OR_RMS) and any(True for _ in m.parameters(recurse=False)):
+                # affine GroupNorm / BatchNorm / InstanceNorm: say their gains are not in the norm-layer GNS
+                skipped.append(f"{fqn!r}: {type(m).__name__} is not a LayerNorm or RMSNorm")
+                continue
             if not _looks_like_norm(m):
                 continue
             got = _classify(fqn, m)

@@ -279,26 +279,36 @@ def test_error_names_norm_without_example_dim():
         model(torch.randn(3, 5, 8)).backward()
 
 
-def test_two_forwards_one_backward_are_separate_examples():
-    """``loss = f(a) + f(b)``: 2B examples, each with its own per-example gradient (not summed by index)."""
+def test_two_forwards_one_backward_are_pairs():
+    """``loss = f(a) + f(b)`` before one backward: example i is the pair (a_i, b_i), B examples, with a warning.
+
+    Truth: the gradient of pair i's own loss ``f(a_i) + f(b_i)`` by one-example backward passes.
+    Control: the per-forward gradients (the old 2B reading) are not those norms.
+    """
     torch.manual_seed(0)
     model = SeqFirstEncoder()
     swap_norms(model)
     mon = monitor(model)
     a, b = torch.randn(7, 3, 32), torch.randn(7, 3, 32)
-    (model(a).sum() + model(b).sum()).backward()
-    both = torch.cat([a, b], dim=1)
+    with pytest.warns(UserWarning, match="second model forward"):
+        (model(a).sum() + model(b).sum()).backward()
     per = one_example_grads(
-        model, [both[:, i : i + 1] for i in range(6)], lambda m, x: m(x).sum(), mon.tracked_parameters
+        model,
+        [(a[:, i : i + 1], b[:, i : i + 1]) for i in range(3)],
+        lambda m, ab: m(ab[0]).sum() + m(ab[1]).sum(),
+        mon.tracked_parameters,
+    )
+    single = one_example_grads(
+        model, [x[:, i : i + 1] for x in (a, b) for i in range(3)], lambda m, x: m(x).sum(), mon.tracked_parameters
     )
     got = mon.per_example_sq_norms(loss_scale=1.0)
-    est_n = mon.update().total.batch_size
-    assert est_n == 6
+    assert mon.update().total.batch_size == 3
     for name in per:
-        # loss_reduction="mean" scales by n = 6; this loss is a sum: compare unscaled. The two forwards'
-        # sinks are read in backward order, so compare the multisets.
-        want = per[name].flatten(1).pow(2).sum(1).sort().values
-        torch.testing.assert_close((got[name] / 36).sort().values, want, rtol=1e-4, atol=1e-10)
+        # loss_reduction="mean" scales by n = 3; this loss is a sum: compare unscaled, in example order.
+        want = per[name].flatten(1).pow(2).sum(1)
+        torch.testing.assert_close(got[name] / 9, want, rtol=1e-4, atol=1e-10)
+        control = single[name].flatten(1).pow(2).sum(1)
+        assert not torch.allclose(control[:3], want, rtol=1e-2)
 
 
 class PositionsMajorFlat(nn.Module):
