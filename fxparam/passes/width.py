@@ -73,6 +73,10 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
         if wc.scales:
             plan.multiply(wc.scales, m_d**-wc.exponent)
     depth_lr = m_L ** (alpha - 1.0)  # CompleteP: hidden and in-block vector LR factor
+    # SGD: a block's gradient carries the branch multiplier m_L^-alpha that Adam normalises away, so keeping
+    # each block's update at Theta(1/L) needs m_L^(alpha-1) / m_L^-alpha = m_L^(2 alpha - 1): eta at
+    # alpha = 1/2, as Depth-muP for SGD (Tensor Programs VI); eta * m_L at alpha = 1.
+    sgd_depth_lr = m_L ** (2.0 * alpha - 1.0)
     depth_eps = m_L**alpha
     sigma = cfg.init_std
     readout_modules = {i.module for i in analysis.params.values() if i.role == "readout"}
@@ -100,7 +104,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 init="normal",
                 init_std=sigma / math.sqrt(m_d),
                 lr_mult=depth_lr / m_d,
-                sgd_lr_mult=depth_lr,
+                sgd_lr_mult=sgd_depth_lr,
                 wd_mult=m_d,
                 eps_mult=1 / (m_d * depth_eps),
             )
@@ -122,7 +126,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 wd_mult=0.0,
                 lr_mult=depth_lr if in_block else 1.0,
                 # SGD: eta * m_d for a width-sized vector; eta for one with no width dim (readout bias)
-                sgd_lr_mult=(m_d if has_width else 1.0) * (depth_lr if in_block else 1.0),
+                sgd_lr_mult=(m_d if has_width else 1.0) * (sgd_depth_lr if in_block else 1.0),
                 eps_mult=1 / (m_d * (depth_eps if in_block else 1.0)),
             )
 

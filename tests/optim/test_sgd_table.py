@@ -100,3 +100,27 @@ def test_sgd_coordinate_check_flat_for_mup_and_sp_grows() -> None:
     sp = fxparam.coord_check(make, config="sp", **kw)
     assert sp.max_growth() > 0.6
     assert not sp.verdict().invariant
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_completep_sgd_depth_factor(alpha: float) -> None:
+    """CompleteP under SGD: hidden and in-block vector LR x m_L^(2 alpha - 1).
+
+    Derivation (not fxparam's output): with branch multiplier m_L^-alpha, a block weight's gradient
+    scales as m_L^-alpha; the per-block update must be Theta(1/L) = Theta(m_L^-1) in its effect on the
+    stream, which the multiplier scales by another m_L^-alpha, so lr * m_L^-2alpha ~ m_L^-1, i.e.
+    lr ~ m_L^(2 alpha - 1): constant at alpha = 1/2 (Depth-muP for SGD, Tensor Programs VI), x m_L at alpha = 1.
+    The Adam rule m_L^(alpha - 1) is the negative control (it differs at both alphas).
+    """
+    base_depth, depth = 2, 8
+    m_L = depth / base_depth
+    model = fxparam.transform(GPT(GPTConfig(width=64, depth=depth)), fxparam.CompleteP(
+        base_width=64, base_depth=base_depth, alpha=alpha))
+    opt = fxparam.optimizer(model, torch.optim.SGD, lr=ETA)
+    expected = m_L ** (2 * alpha - 1)
+    adam_rule = m_L ** (alpha - 1)
+    assert expected != pytest.approx(adam_rule)
+    hidden = _group_of(opt, "blocks.0.attn.qkv.weight")
+    assert hidden["lr"] == pytest.approx(ETA * expected)
+    gain = _group_of(opt, "blocks.0.ln_1.weight")  # in-block width-sized vector: eta * m_d * depth factor (m_d = 1)
+    assert gain["lr"] == pytest.approx(ETA * expected)

@@ -16,15 +16,18 @@ def expected(role, in_block, m_d, m_L, alpha, depth_rules):
     """The reference table, written out independently of the pass."""
     d_lr = m_L ** (alpha - 1) if depth_rules else 1.0
     d_eps = m_L**alpha if depth_rules else 1.0
+    # SGD: the block gradient carries the branch multiplier m_L^-alpha (Adam normalises it away), so
+    # the SGD depth factor is m_L^(2 alpha - 1) (eta at alpha = 1/2: Depth-muP for SGD, Tensor Programs VI)
+    d_sgd = m_L ** (2 * alpha - 1) if depth_rules else 1.0
     if role == "embedding":
         return dict(init_std=SIGMA, lr_mult=1.0, wd_mult=1.0, eps_mult=1 / m_d, sgd_lr_mult=m_d)
     if role == "hidden":
         return dict(init_std=SIGMA / math.sqrt(m_d), lr_mult=d_lr / m_d, wd_mult=m_d, eps_mult=1 / (m_d * d_eps),
-                    sgd_lr_mult=d_lr)
+                    sgd_lr_mult=d_sgd)
     if role == "readout":
         return dict(init_std=SIGMA, lr_mult=1.0, wd_mult=1.0, eps_mult=1 / m_d, sgd_lr_mult=m_d)  # eps: CompleteP code
     if in_block:
-        return dict(init_std=None, lr_mult=d_lr, wd_mult=0.0, eps_mult=1 / (m_d * d_eps), sgd_lr_mult=m_d * d_lr)
+        return dict(init_std=None, lr_mult=d_lr, wd_mult=0.0, eps_mult=1 / (m_d * d_eps), sgd_lr_mult=m_d * d_sgd)
     return dict(init_std=None, lr_mult=1.0, wd_mult=0.0, eps_mult=1 / m_d, sgd_lr_mult=m_d)
 
 
