@@ -111,29 +111,53 @@ def load(
     Raises:
         LoweringError: the model is transformed with a different plan than the checkpoint's,
             or (``apply=False``) the checkpoint is an fxparam checkpoint and the model is not
-            transformed.
+            transformed.  On any failure (also safetensors' missing / unexpected keys) the model
+            is restored as it was handed in: no plan applied, its own weights.
 
     Warns:
         UserWarning: the model is transformed but the checkpoint carries no plan (a plain
             checkpoint's weights are in another parameterization).
     """
     from safetensors import safe_open
-    from safetensors.torch import load_model
 
-    from fxparam.api import apply_plan
+    from fxparam.lowering._rollback import Snapshot
 
     target = model if isinstance(model, nn.Module) else model()
     inner = unwrap(target)
     with safe_open(os.fspath(path), framework="pt") as f:
         text = (f.metadata() or {}).get(METADATA_KEY)
     current = getattr(inner, PLAN_ATTR, None)
+    # all or nothing: a load that fails after the plan was applied (missing / unexpected keys, a shape)
+    # leaves the model untransformed with its own weights, as the user handed it
+    snapshot = Snapshot(inner)
+    config = getattr(inner, "config", None)
+    saved_config = dict(vars(config)) if hasattr(config, "__dict__") else None
+    try:
+        _apply_and_load(inner, path, text, current, strict=strict, device=device, apply=apply)
+    except BaseException:
+        snapshot.restore()
+        if saved_config is not None:
+            vars(config).clear()
+            vars(config).update(saved_config)
+        raise
+    return target
+
+
+def _apply_and_load(
+    inner: nn.Module, path: str | os.PathLike[str], text: str | None, current: Plan | None, *, strict: bool,
+    device: str | torch.device, apply: bool,
+) -> None:
+    from safetensors.torch import load_model
+
+    from fxparam.api import apply_plan
+
     if text is None:
         if current is not None:
             warnings.warn(
                 f"{os.fspath(path)} carries no fxparam plan but {type(inner).__name__} is transformed: its weights "
                 "were trained in another parameterization. Load it into an untransformed model, or save with "
                 "fxparam.save.",
-                stacklevel=2,
+                stacklevel=3,
             )
     else:
         saved = Plan.from_json(text)
@@ -152,8 +176,7 @@ def load(
                 f"({' -> '.join(saved.passes)}, m_d={saved.m_d:.4g}, m_L={saved.m_L:.4g}): load it into a fresh "
                 "untransformed model (fxparam.load applies the checkpoint's plan)."
             )
-    missing, unexpected = load_model(inner, os.fspath(path), strict=strict, device=str(device))
-    return target
+    load_model(inner, os.fspath(path), strict=strict, device=str(device))
 
 
 def from_pretrained(cls: Any, path: str | os.PathLike[str], **kwargs: Any) -> nn.Module:

@@ -139,3 +139,25 @@ def test_meta_init_is_refused_and_init_weights_draws_the_planned_stds() -> None:
     report = fxparam.verify(model, init=True)
     assert report.ok, str(report)
     assert all(float(p.abs().max()) != 7.0 for p in model.parameters())
+
+
+def test_a_load_that_fails_after_the_plan_was_applied_leaves_the_model_as_handed_in(tmp_path: Path) -> None:
+    """The model has a persistent buffer the checkpoint lacks: the plan applies (same parameters), then
+    safetensors' strict load fails.  The model must come back untransformed with its own weights (a
+    half-loaded transformed model would be scaled by the plan with the wrong weights)."""
+    torch.manual_seed(0)
+    path = tmp_path / "ckpt.safetensors"
+    fxparam.save(fxparam.transform(GPT(CFG), "completep+supar", density=0.5, **KW), path)
+    target = GPT(CFG)
+    target.register_buffer("step_count", torch.zeros(()))  # not in the checkpoint
+    before = {n: (id(p), p.detach().clone()) for n, p in target.named_parameters()}
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in target.modules())
+    with pytest.raises(RuntimeError, match="step_count"):
+        fxparam.load(target, path)
+    assert not hasattr(target, "_fxparam_plan")
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in target.modules()) == hooks
+    assert not any(type(m).__module__.startswith(("fxparam.lowering", "fxparam.kernels")) for m in target.modules())
+    after = {n: (id(p), p.detach()) for n, p in target.named_parameters()}
+    assert all(after[n][0] == before[n][0] and torch.equal(after[n][1], before[n][1]) for n in before)
+    loaded = fxparam.load(target, path, strict=False)  # control: the same load, non-strict, goes through
+    assert fxparam.verify(loaded).ok
