@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,17 @@ def load_text(path: str | Path | None = None) -> str:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--data {path}: no such file")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = raw.decode("utf-8", errors="replace")
+        warnings.warn(
+            f"--data {path}: not UTF-8 (first bad byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            f"{text.count(chr(0xFFFD))} undecodable sequence(s) read as U+FFFD for the tokenizer. "
+            "Re-encode the file as UTF-8, or drop --tokenizer to train on its raw bytes",
+            stacklevel=2,
+        )
     if len(text) < 1024:
         raise ConfigError(f"--data {path}: only {len(text)} characters; need at least 1024")
     return text
@@ -141,7 +152,17 @@ def load_tokens(path: str | Path | None = None, *, tokenizer: Any = None) -> tor
         elif p.suffix == ".bin":
             import numpy as np
 
+            if p.stat().st_size % 2:
+                raise ConfigError(
+                    f"--data {path}: {p.stat().st_size} bytes, an odd count, so not raw uint16 token ids "
+                    "(the nanoGPT .bin convention read here); save other id types as a 1-D .npy array"
+                )
             tokens = torch.from_numpy(np.fromfile(p, dtype=np.uint16).astype(np.int64))
+        elif tokenizer is None:  # byte-level: the file's own bytes (not re-encoded text: non-UTF-8 bytes survive)
+            raw = p.read_bytes()
+            if len(raw) < 1024:
+                raise ConfigError(f"--data {path}: only {len(raw)} bytes; need at least 1024")
+            tokens = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
         else:
             tokens = _encode(load_text(p), tokenizer)
     if tokens.numel() < 1024:
@@ -221,8 +242,9 @@ def as_batch(data: Any) -> Batch:
     """One ``(inputs, targets)`` batch from what a user may pass.
 
     Accepts a pair of ``[B, T]`` tensors, a ``[B, T+1]`` token tensor (split into inputs and
-    next-token targets), a dict with ``input_ids`` (and optionally ``labels``, already aligned
-    with the inputs), or an iterable of any of these (a DataLoader: its first batch).
+    next-token targets), a dict with ``input_ids`` (and optionally ``labels``: aligned with the
+    inputs, or -- when they equal ``input_ids`` wherever they are not -100 -- the Hugging Face
+    causal-LM convention, shifted here by one like ``transformers`` models do), or an iterable of any of these (a DataLoader: its first batch).
 
     Raises:
         ConfigError: anything else, naming what was given.
@@ -238,7 +260,15 @@ def as_batch(data: Any) -> Batch:
             raise ConfigError(f"a dict batch needs 'input_ids' (got keys {sorted(data)})")
         ids = data["input_ids"]
         if "labels" in data:
-            return ids, data["labels"]
+            ids, labels = torch.as_tensor(ids), torch.as_tensor(data["labels"])
+            if ids.dim() == 2 and ids.shape[1] >= 2 and labels.shape == ids.shape and bool(
+                ((labels == ids) | (labels == -100)).all()
+            ):
+                # Hugging Face causal-LM convention (DataCollatorForLanguageModeling): labels are the
+                # input_ids (-100 where ignored) and the model shifts them; read as aligned, every
+                # target would be its own input (a copy task with loss -> 0)
+                return ids[:, :-1], labels[:, 1:]
+            return ids, labels
         return as_batch(torch.as_tensor(ids))
     if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
         for first in data:

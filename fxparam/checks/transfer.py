@@ -753,8 +753,9 @@ def _digest(path: str | None, tokenizer: str | None = None) -> str:
     if tokenizer is None and (path is None or Path(path).is_file() and Path(path).suffix not in (".npy", ".bin")):
         from fxparam.checks.data import load_text
 
-        # text read as bytes: the digest of the text itself (as recorded by earlier versions)
-        return hashlib.sha256(load_text(path).encode("utf-8")).hexdigest()[:16]
+        # text read as bytes: the digest of those bytes (for UTF-8 text, the digest earlier versions recorded)
+        raw = load_text(None).encode("utf-8") if path is None else Path(path).read_bytes()
+        return hashlib.sha256(raw).hexdigest()[:16]
     return _corpus(path, tokenizer).digest()
 
 

@@ -1,0 +1,81 @@
+"""User data edge cases (review R17): non-UTF-8 text, odd .bin, Hugging Face dict batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fxparam.checks.data import FixedBatches, as_batch, load_tokens
+from fxparam.errors import ConfigError
+
+
+def test_byte_level_text_keeps_non_utf8_bytes(tmp_path):
+    raw = bytes(range(128, 256)) * 20  # Latin-1 text: every byte invalid as UTF-8
+    (tmp_path / "latin.txt").write_bytes(raw)
+    tokens = load_tokens(tmp_path / "latin.txt")
+    # byte-level ids are the file's bytes, one id per byte (was: 3 bytes of U+FFFD per byte)
+    assert tokens.tolist() == list(raw)
+
+
+def test_byte_level_text_crlf_and_utf8_bytes_exact(tmp_path):
+    raw = "héllo\r\nwörld ".encode() * 100
+    (tmp_path / "t.txt").write_bytes(raw)
+    assert load_tokens(tmp_path / "t.txt").tolist() == list(raw)
+
+
+def test_tokenizer_on_non_utf8_text_warns(tmp_path):
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9 " * 400)
+
+    class Chars:
+        def encode(self, text):
+            return [min(ord(c), 255) for c in text]
+
+    with pytest.warns(UserWarning, match=r"not UTF-8 .*0xe9 at offset 3"):
+        tokens = load_tokens(tmp_path / "latin.txt", tokenizer=Chars())
+    assert tokens.numel() == 5 * 400
+
+
+def test_empty_and_short_text_refused(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "short.txt").write_bytes(b"x" * 1023)
+    for name in ("empty.txt", "short.txt"):
+        with pytest.raises(ConfigError, match="need at least 1024"):
+            load_tokens(tmp_path / name)
+
+
+def test_odd_length_bin_refused(tmp_path):
+    (tmp_path / "ids.bin").write_bytes(b"\x01" * 4097)
+    with pytest.raises(ConfigError, match="odd count"):
+        load_tokens(tmp_path / "ids.bin")
+    (tmp_path / "ok.bin").write_bytes(np.arange(2048, dtype=np.uint16).tobytes())  # control
+    assert load_tokens(tmp_path / "ok.bin").tolist() == list(range(2048))
+
+
+def test_int64_npy(tmp_path):
+    np.save(tmp_path / "ids.npy", np.arange(70_000, 72_000, dtype=np.int64))
+    assert load_tokens(tmp_path / "ids.npy").tolist() == list(range(70_000, 72_000))
+
+
+def test_hf_style_dict_labels_are_shifted():
+    ids = torch.randint(0, 50, (4, 17))
+    labels = ids.clone()
+    labels[:, :3] = -100  # a masked prompt
+    x, y = as_batch({"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)})
+    # next-token prediction by hand: input t predicts token t+1
+    assert torch.equal(x, ids[:, :-1]) and torch.equal(y, labels[:, 1:])
+    assert not torch.equal(x, y)
+    # negative control: labels already aligned (not equal to input_ids) are kept as given
+    x2, y2 = as_batch({"input_ids": ids[:, :-1], "labels": ids[:, 1:]})
+    assert torch.equal(x2, ids[:, :-1]) and torch.equal(y2, ids[:, 1:])
+
+
+def test_dataloader_of_hf_dict_batches():
+    ids = torch.randint(0, 50, (24, 9))
+    loader = torch.utils.data.DataLoader(
+        [{"input_ids": r, "labels": r.clone()} for r in ids], batch_size=4
+    )
+    fb = FixedBatches(loader, eval_count=1)
+    for (x, y), k in zip(fb.train + fb.held_out, range(6), strict=True):
+        block = ids[4 * k : 4 * k + 4]
+        assert torch.equal(x, block[:, :-1]) and torch.equal(y, block[:, 1:])
