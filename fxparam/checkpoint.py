@@ -209,12 +209,39 @@ def from_pretrained(cls: Any, path: str | os.PathLike[str], **kwargs: Any) -> nn
     return apply_plan(model, plan, init=False)
 
 
+def retie(model: nn.Module, plan: Plan) -> list[str]:
+    """Restore the weight ties the plan recorded (``ParamPlan.tied_to``) that are broken in ``model``.
+
+    ``model.to_empty(device=...)`` of a meta-device model replaces every Parameter by a new one
+    (meta storage cannot be swapped in place), so a tied embedding / readout (GPT-2, BERT,
+    nanoGPT) comes back as two Parameters: two different weights, trained apart.
+
+    Returns:
+        The FQNs re-tied (``"lm_head.weight -> transformer.wte.weight"``).
+    """
+    names = dict(model.named_parameters(remove_duplicate=False))
+    modules = dict(model.named_modules())
+    done = []
+    for fqn, rule in plan.params.items():
+        target = rule.tied_to
+        if not target or fqn not in names or target not in names or names[fqn] is names[target]:
+            continue
+        owner, _, leaf = fqn.rpartition(".")
+        if names[fqn].shape != names[target].shape:
+            raise LoweringError(f"cannot re-tie {fqn} to {target}: shapes {tuple(names[fqn].shape)} vs "
+                                f"{tuple(names[target].shape)}")
+        modules[owner]._parameters[leaf] = names[target]
+        done.append(f"{fqn} -> {target}")
+    return done
+
+
 @torch.no_grad()
 def init_weights(model: nn.Module) -> nn.Module:
     """Initialise a transformed model's weights per its plan (the build-on-meta flow).
 
     ``transform(meta_model, ..., init=False)`` -> ``model.to_empty(device=...)`` ->
-    ``init_weights(model)``: every module's own ``reset_parameters`` runs first (norm gains 1,
+    ``init_weights(model)``: the plan's weight ties are restored (``to_empty`` breaks them, see
+    :func:`retie`), then every module's own ``reset_parameters`` runs (norm gains 1,
     biases 0), then the model's ``_init_weights`` if it has one (Hugging Face, nanoGPT), then
     the plan's draws (``init="normal"`` with ``init_std``, ``init="zeros"``), then SμPar masks
     are re-derived from (seed, FQN) and applied.  Buffers that are not fxparam's (RoPE
@@ -242,6 +269,7 @@ def init_weights(model: nn.Module) -> nn.Module:
         raise LoweringError(
             f"{type(inner).__name__} is still on the meta device: call model.to_empty(device=...) first"
         )
+    retie(inner, plan)  # to_empty from meta gives tied Parameters separate storage (PyTorch's _apply)
     covered: set[int] = set()
     for m in inner.modules():
         if callable(getattr(m, "reset_parameters", None)):

@@ -161,3 +161,23 @@ def test_a_load_that_fails_after_the_plan_was_applied_leaves_the_model_as_handed
     assert all(after[n][0] == before[n][0] and torch.equal(after[n][1], before[n][1]) for n in before)
     loaded = fxparam.load(target, path, strict=False)  # control: the same load, non-strict, goes through
     assert fxparam.verify(loaded).ok
+
+
+def test_init_weights_restores_the_tie_that_to_empty_breaks_and_verify_flags_it() -> None:
+    """GPT-2 ties lm_head to wte.  to_empty of a meta model replaces each Parameter separately (meta storage
+    cannot be swapped in place), so the two come back as two weights, each initialised and trained apart.
+    verify flags the broken tie (negative control); init_weights re-ties them per the plan's tied_to."""
+    pytest.importorskip("transformers")
+    from fxparam.models.hf import hf_model
+
+    model = fxparam.transform(hf_model("gpt2", device="meta"), "mup", base_width=16, init=False)
+    assert fxparam.plan_of(model).params["lm_head.weight"].tied_to == "transformer.wte.weight"
+    model.to_empty(device="cpu")
+    assert model.lm_head.weight is not model.transformer.wte.weight  # PyTorch's to_empty, not fxparam
+    report = fxparam.verify(model, probe=False)
+    assert [(c.site, c.kind) for c in report.failures] == [("lm_head.weight", "tie")]
+    fxparam.init_weights(model)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert len(list(model.parameters())) == len(list(hf_model("gpt2").parameters()))
+    report = fxparam.verify(model, init=True)
+    assert report.ok, str(report)

@@ -52,7 +52,8 @@ class SiteCheck(BaseModel):
 
     Attributes:
         site: module FQN (``input:<fqn>`` for an input multiplier), or parameter FQN for init.
-        kind: "multiplier", "attention", "untouched" (no fxparam state outside the plan) or "init".
+        kind: "multiplier", "attention", "untouched" (no fxparam state outside the plan), "init",
+            or "tie" (a weight the plan records as tied is one Parameter with its target).
         planned: the planned factor / scale / std.
         realized: what the model does (probed) or holds (state); None if not measurable.
         how: "probe" (measured on a forward) or "state" (read from the module).
@@ -63,7 +64,7 @@ class SiteCheck(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     site: str
-    kind: Literal["multiplier", "attention", "untouched", "init"]
+    kind: Literal["multiplier", "attention", "untouched", "init", "tie"]
     planned: float | None = None
     realized: float | None = None
     how: Literal["probe", "state"] = "state"
@@ -556,6 +557,16 @@ def verify(
                     site=name, kind="attention", planned=site.scale, realized=pushed,
                     ok=pushed is not None and _close(pushed, site.scale), detail="SDPA scale set by a pre-hook",
                 ))
+    names = dict(model.named_parameters(remove_duplicate=False))
+    for fqn, rule in plan.params.items():
+        if rule.tied_to and fqn in names and rule.tied_to in names:
+            same = names[fqn] is names[rule.tied_to]
+            report.checks.append(SiteCheck(
+                site=fqn, kind="tie", planned=1.0, realized=1.0 if same else 0.0, ok=same,
+                detail="" if same else f"planned tied to {rule.tied_to}, but they are two Parameters (to_empty "
+                                       "of a meta model unties them): fxparam.checkpoint.retie(model, plan) or "
+                                       "model.tie_weights()",
+            ))
     missing = sorted(planned_modules - set(modules))
     for name in missing:
         report.checks.append(SiteCheck(site=name, kind="multiplier", ok=False, detail="module not in the model"))
