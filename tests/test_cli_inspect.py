@@ -165,3 +165,45 @@ def test_fold_keeps_a_differing_block_and_refuses_partial_grids():
     partial = grid[:3]  # l.1.e.1 missing: a folded name would claim it
     assert fold_rows(partial) == [list(r) for r in partial]
     assert fold_rows([["h.10.w", "x"], ["h.9.w", "x"], ["h.11.w", "x"]]) == [["h.{9..11}.w", "x"]]
+
+
+_TOKEN_MODEL = """
+import torch.nn as nn
+
+
+class M(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.e = nn.Embedding(256, width)
+        self.h = nn.Linear(width, width)
+        self.o = nn.Linear(width, 256, bias=False)
+
+    def forward(self, x):
+        return self.o(self.h(self.e(x)).relu())
+
+
+def make(width):
+    return M(width)
+
+
+def conv(width):
+    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.Conv2d(width, width, 3))
+"""
+
+
+def test_inspect_user_factory_in_sub_package_without_example_inputs(tmp_path, monkeypatch, capsys):
+    # review R17: a token-id model with neither example_inputs() nor config.vocab_size was refused
+    # with a hint to pass example_inputs=, which the CLI cannot; it gets token ids as coord-check feeds it
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "m_r17.py").write_text(_TOKEN_MODEL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "pkg.sub.m_r17:make", "--width", "48", "--plan", "mup", "--base-width", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "o.weight" in out and "readout" in out
+    # a forward that does not take token ids: one line naming the fix, no traceback
+    assert main(["inspect", "pkg.sub.m_r17:conv", "--width", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "example_inputs() method" in err and "command line cannot pass tensors" in err and "Traceback" not in err

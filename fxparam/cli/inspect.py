@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     spec = args.target or args.model
     make = resolve(spec, **gpt_options(args))
     model = _build_on_meta(make, args.width, args.depth)
+    inputs = _token_inputs(model, spec, args)
     if args.plan is None:
-        analysis = fxparam.inspect(model)
+        analysis = fxparam.inspect(model, inputs)
         print(analysis.to_json() if args.json else analysis)
         return 0
     kwargs = {
@@ -48,9 +49,41 @@ def run(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    plan = fxparam.plan(model, args.plan, **kwargs)
+    plan = fxparam.plan(model, args.plan, example_inputs=inputs, **kwargs)
     print(plan.to_json() if args.json else plan.summary())
     return 0
+
+
+def _token_inputs(model, spec, args):
+    """Example inputs for a user factory's model that cannot describe its own (no
+    ``example_inputs()``, no ``config.vocab_size``): token ids ``[2, 8]`` (``int64``, zeros), what
+    ``coord-check`` and ``transfer`` feed such a model; None otherwise (fxparam's own default).
+
+    Raises:
+        ConfigError: the model's forward does not take token ids, naming the fix (an
+            ``example_inputs()`` method: the CLI cannot pass tensors).
+    """
+    import torch
+
+    from fxparam.errors import ConfigError
+
+    if spec == "gpt" or spec.startswith("hf:") or callable(getattr(model, "example_inputs", None)):
+        return None
+    if isinstance(getattr(getattr(model, "config", None), "vocab_size", None), int):
+        return None
+    first = next(model.parameters(), None)
+    ids = torch.zeros(2, 8, dtype=torch.long, device=first.device if first is not None else "meta")
+    try:
+        with torch.no_grad():
+            model(ids)
+    except Exception as exc:
+        raise ConfigError(
+            f"inspect {spec}: {type(model).__name__} has no example_inputs() method and its forward does not take "
+            f"token ids [2, 8] ({type(exc).__name__}: {exc}); give the model class an example_inputs() method "
+            "returning a small input (the command line cannot pass tensors), or call fxparam.inspect(model, "
+            "example_inputs=...) from Python"
+        ) from exc
+    return ids
 
 
 def _build_on_meta(make, width, depth):
