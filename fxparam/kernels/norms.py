@@ -469,6 +469,7 @@ class _GNSState:
         self.names: tuple[str, ...] = ()
         self.sink_forward: int | None = None
         self.pending = False
+        self.contributed: set[int] = set()  # forward ids whose sink alias got a gradient this backward
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _GNSState:
         # A copy (deepcopy / pickle of the model) starts without sinks: a sink's hook feeds the
@@ -488,11 +489,27 @@ class _GNSState:
         self.acc.keep_per_example = state["keep"]
 
 
+def _mark_forward(state: _GNSState, fid: int, _grad: torch.Tensor) -> None:
+    """Gradient hook of a forward's sink alias: that forward contributed to this backward."""
+    state.contributed.add(fid)
+
+
 def _consume_sink(state: _GNSState, sink: torch.Tensor) -> None:
     """Post-accumulate-grad hook of a sink: fold each example's squared norm into the accumulator."""
     g = sink.grad
     sink.grad = None
     state.pending = False
+    paired, state.contributed = len(state.contributed) > 1, set()
+    if paired and g is not None and state.root is not None and not getattr(state.root, "warned_paired", False):
+        state.root.warned_paired = True  # getattr: roots pickled before the attribute existed
+        warnings.warn(
+            f"fxparam.gns: per-example norm {state.fqn!r} got gradients from several model forwards with the "
+            f"same number of examples ({g.shape[0]}) in one backward: example i of each forward is taken to be "
+            "one example (a pair, as in a contrastive or chosen/rejected loss) and its gradients are summed. If "
+            "the forwards hold independent examples, call backward after each (gradient accumulation) or "
+            "concatenate them into one batch",
+            stacklevel=2,
+        )
     if g is None:
         return
     sq = g.detach().float().pow(2).sum(-1)  # (B, P): |per-example gradient summed over uses|^2
@@ -522,7 +539,8 @@ class PerExampleNormMixin:
     compiled call (:func:`fxparam.gns.prepare`, or any eager forward, allocates it). Forwards of
     the same batch size before one backward share the sink, eagerly and compiled alike:
     ``f(a) + f(b)`` counts ``B`` examples, example ``i`` being the pair ``(a_i, b_i)`` (right for
-    contrastive / chosen-rejected losses, which couple them; a ``UserWarning`` says so once). For
+    contrastive / chosen-rejected losses, which couple them; a ``UserWarning`` says so once,
+    when both forwards reach the backward). For
     independent examples, call backward after each forward (gradient accumulation) or
     concatenate. A forward of another batch size gets its own sink (its examples are counted
     separately).
@@ -599,24 +617,18 @@ class PerExampleNormMixin:
         # (f(a) and f(b) in a contrastive / paired loss: example i of each is one example, as in a
         # compiled model). Another batch size gets its own sink: independent examples.
         reusable = sink is not None and tuple(sink.shape) == shape and sink.device == device
-        if reusable and st.pending and fid is not None and st.sink_forward != fid and st.root is not None:
-            if not getattr(st.root, "warned_paired", False):  # roots pickled before it existed
-                st.root.warned_paired = True
-                warnings.warn(
-                    f"fxparam.gns: per-example norm {st.fqn or type(self).__name__!r} ran in a second model forward "
-                    f"with the same number of examples ({n}) before a backward: example i of each forward is "
-                    "taken to be one example (a pair, as in a contrastive or chosen/rejected loss) and its "
-                    "gradients are summed. If the forwards hold independent examples, call backward after each "
-                    "(gradient accumulation) or concatenate them into one batch; if a forward was never "
-                    "backpropagated (an evaluation with gradients on), run it under torch.no_grad()",
-                    stacklevel=4,
-                )
         if not reusable:
             sink = torch.zeros(shape, dtype=torch.float32, device=device, requires_grad=True)
             sink.register_post_accumulate_grad_hook(functools.partial(_consume_sink, st))
             st.sink = sink
         st.pending, st.sink_forward = True, fid
-        return sink
+        if fid is None:
+            return sink
+        # A per-forward alias whose gradient hook records that this forward reached the backward,
+        # so a second forward that was never backpropagated is not reported as a pair.
+        alias = sink.view(shape)
+        alias.register_hook(functools.partial(_mark_forward, st, fid))
+        return alias
 
     def _per_example(
         self, x: torch.Tensor, run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]

@@ -115,7 +115,7 @@ def test_contrastive_two_forwards_match_pair_truth():
     truth = brute_force(model, [(a[i : i + 1], b[i : i + 1]) for i in range(5)], _contrastive)
     swap_norms(model)
     mon = monitor(model)
-    with pytest.warns(UserWarning, match="second model forward"):
+    with pytest.warns(UserWarning, match="several model forwards"):
         _contrastive(model, (a, b)).backward()
     assert_matches(mon.update(), truth)
 
@@ -193,3 +193,26 @@ def test_t5_encoder_decoder_norms_on_both_stacks():
     est = mon.update()
     assert any("decoder" in k for k in est.layers) and any("encoder" in k for k in est.layers)
     assert_matches(est, truth)
+
+
+def test_forward_without_backward_is_not_a_pair():
+    """A forward with gradients on that is never backpropagated (loss logging) shares the sink of the next
+    training forward but adds nothing: no pair warning, and the norms equal the one-example truth."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = _perturb_norms(Encoder())
+    a, b, y = torch.randn(5, 4, 6), torch.randn(5, 4, 6), torch.randn(5, 16)
+
+    def loss(m, ab):
+        return (m(ab[0]) - ab[1]).pow(2).sum(-1).mean()
+
+    truth = brute_force(model, [(a[i : i + 1], y[i : i + 1]) for i in range(5)], loss)
+    swap_norms(model)
+    mon = monitor(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*several model-input dims")
+        loss(model, (b, y))  # never backpropagated
+        loss(model, (a, y)).backward()
+    assert_matches(mon.update(), truth)

@@ -290,7 +290,7 @@ def test_two_forwards_one_backward_are_pairs():
     swap_norms(model)
     mon = monitor(model)
     a, b = torch.randn(7, 3, 32), torch.randn(7, 3, 32)
-    with pytest.warns(UserWarning, match="second model forward"):
+    with pytest.warns(UserWarning, match="several model forwards"):
         (model(a).sum() + model(b).sum()).backward()
     per = one_example_grads(
         model,
