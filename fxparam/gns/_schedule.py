@@ -169,12 +169,18 @@ class BatchSizeSchedule:
         total_tokens: float = PAPER_111M_TOTAL_TOKENS,
         world_size: int = 1,
     ) -> BatchSizeSchedule:
-        """The paper's preset: 16 -> 120 sequences linearly in tokens over the whole run.
+        """The paper's preset: 16 -> 120 sequences (all ranks together) linearly in tokens over the run.
 
         Gray et al. (2024) trained a 111M GPT (2048-token sequences, micro-batch 8) with gradient
         accumulation ramped from 2 to 15 steps over the run, chosen from GNS measurements,
         against a fixed 120-sequence baseline (18% less training time for the same loss). Weight
-        decay is referenced to the 120-sequence baseline.
+        decay is referenced to the 120-sequence baseline. The batch sizes are the paper's global
+        ones whatever ``micro_batch_size`` and ``world_size`` are (with ``micro_batch_size=4,
+        world_size=2`` the ramp is 2 -> 15 accumulation steps of 8 sequences, as in the paper).
+
+        Raises:
+            RecipeError: ``micro_batch_size * world_size`` does not divide 16 and 120 (use 1, 2,
+                4 or 8 sequences per step of all ranks).
 
         Example:
             >>> s = BatchSizeSchedule.paper_111m()
@@ -183,8 +189,8 @@ class BatchSizeSchedule:
         """
         return cls.token_ramp(
             micro_batch_size=micro_batch_size,
-            start_batch_size=2 * micro_batch_size,
-            end_batch_size=15 * micro_batch_size,
+            start_batch_size=16,  # sequences per optimizer step, global (was 2 * micro_batch_size:
+            end_batch_size=120,  # 8 -> 60 with micro_batch_size=4, not the paper's ramp)
             ramp_tokens=total_tokens,
             world_size=world_size,
         )

@@ -123,3 +123,21 @@ def test_plain_training_loop_with_monitor_and_online_schedule():
         sched.step(tokens=sched.batch_size * idx.shape[1], estimate=est)
     assert seen == sorted(seen) and all(4 <= b <= 16 and b % 2 == 0 for b in seen)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1 * seen[-1] / 4)
+
+
+@pytest.mark.parametrize(("micro", "world", "k0"), [(8, 1, 2), (4, 1, 4), (4, 2, 2), (2, 4, 2)])
+def test_paper_ramp_is_16_to_120_sequences_for_any_split(micro, world, k0):
+    """Gray et al.: 16 -> 120 sequences per step (global); the split into micro-batches and ranks does not
+    change it (micro_batch_size=4 gave 8 -> 60 before)."""
+    s = BatchSizeSchedule.paper_111m(micro_batch_size=micro, world_size=world)
+    assert (s.batch_size, s.accumulation_steps, s.max_batch_size) == (16, k0, 120)
+    s.step(tokens=PAPER_111M_TOTAL_TOKENS // 2)  # half way: 16 + 52 = 68, rounded up to a whole step
+    q = micro * world
+    assert s.batch_size == math.ceil(68 / q) * q
+    s.step(tokens=PAPER_111M_TOTAL_TOKENS)
+    assert s.batch_size == 120
+
+
+def test_paper_ramp_refuses_a_split_that_cannot_make_120():
+    with pytest.raises(RecipeError, match="multiple"):
+        BatchSizeSchedule.paper_111m(micro_batch_size=16)
