@@ -331,6 +331,8 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
     modes: dict[str, list[Any]] = {}
     replaying = [False]  # True while _Replay re-runs a site: the recorders below must not record it
     handles = []
+    # no inputs to probe with is the caller's to fix (CaptureError naming example_inputs), not a failed site
+    args, kwargs = _probe_inputs(model, example_inputs)
 
     def pre(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -359,7 +361,6 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
         training = {m: m.training for m in model.modules()}
         model.eval()
         try:
-            args, kwargs = _probe_inputs(model, example_inputs)
             model(*args, **kwargs)
         finally:
             for m, flag in training.items():
@@ -499,6 +500,7 @@ def verify(
         A :class:`VerifyReport` (print it for a table; ``report.ok``, ``report.failures``).
 
     Raises:
+        CaptureError: ``probe=True`` and no ``example_inputs`` for a model they cannot be guessed for.
         LoweringError: the model was never transformed, or carries fxparam's scaling without its
             plan (``del model._fxparam_plan``); or, with ``raise_on_failure``, a site
             whose realized factor/scale differs from the plan (naming site, planned, realized).

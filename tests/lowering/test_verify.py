@@ -337,3 +337,24 @@ def test_a_half_precision_model_is_verified_within_its_rounding_and_a_wrong_fact
     dict(model.named_modules())[target].fxparam_out *= 2.0
     bad = {c.site: c for c in verify(model).failures if c.how == "probe"}
     assert set(bad) == {target} and math.isclose(bad[target].realized, 1.0, rel_tol=0.02)
+
+
+def test_verify_without_inputs_for_a_model_they_cannot_be_guessed_for_asks_for_them() -> None:
+    """Not being able to probe is not a failed site: it was reported as 'the forward raised' (ok=False)."""
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.fc, self.head = nn.Embedding(64, 32), nn.Linear(32, 32), nn.Linear(32, 64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.fc(self.emb(x))))
+
+    idx = torch.randint(0, 64, (2, 8))
+    model = fxparam.transform(Tiny(), "mup", base_width=16, example_inputs=idx)
+    with pytest.raises(fxparam.CaptureError, match="example_inputs"):
+        verify(model)
+    report = verify(model, example_inputs=idx)
+    assert report.ok and report.probed
+    checks = {c.site: c for c in report.checks if c.how == "probe"}
+    assert math.isclose(checks["input:head"].realized, 16 / 32, rel_tol=1e-5)  # muP readout base_width/width
