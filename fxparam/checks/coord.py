@@ -469,11 +469,16 @@ def coord_check(
             ``input_ids``, or a DataLoader / iterable of these (its first batch is used; see
             :func:`fxparam.checks.data.as_batch`); default: Python docs text, bytes.
         device, dtype: where and in which precision the models train (default: as built);
-            activations are measured in float32 either way.
+            activations are measured in float32 either way. ``torch.float16`` is refused (Adam's
+            eps rounds to 0 in float16: untouched parameters become NaN); use ``torch.bfloat16``.
         plan_optimizer: build the optimizer with the plan's LR groups (False reproduces the
             classic "one LR for everything" bug: a negative control).
         edit_plan: optional ``Plan -> Plan`` applied before lowering ("what if" checks and
             deliberately broken variants, e.g. dropping the readout multiplier).
+
+    Raises:
+        ConfigError: non-positive widths, negative steps, ``dtype=torch.float16``, or data the
+            model cannot take.
 
     Example:
         >>> cc = fxparam.coord_check(lambda width: GPT(GPTConfig(width=width, depth=2)),
@@ -487,6 +492,10 @@ def coord_check(
         raise ConfigError(f"coord_check: widths must be positive, got {widths}")
     if steps < 0:
         raise ConfigError("coord_check: steps must be >= 0")
+    if dtype == torch.float16:
+        from fxparam.checks.transfer import FLOAT16_REFUSAL
+
+        raise ConfigError(f"coord_check: {FLOAT16_REFUSAL}")
     if data is None:
         from fxparam.checks.data import ByteCorpus
 

@@ -969,14 +969,28 @@ def transfer(
     )
 
 
+#: Why float16 parameters are refused: Adam's eps (1e-8) is 0 in float16, so every parameter with a
+#: zero gradient (embedding rows absent from the batch) steps by 0/0 = NaN after the first update,
+#: and the slopes (NaN) would read as a failed check. Mixed precision needs float32 master weights
+#: and loss scaling (torch.autocast + GradScaler), which these checks do not do.
+FLOAT16_REFUSAL = (
+    "dtype float16: float16 parameters cannot train under Adam here (its eps 1e-8 rounds to 0 in float16, "
+    "so parameters with a zero gradient, e.g. embedding rows absent from the batch, become 0/0 = NaN after "
+    "one step); use --dtype bfloat16 (float32's exponent range) or float32"
+)
+
+
 def check_device(device: str, dtype: str) -> None:
     """Refuse a device torch cannot use here, or an unknown dtype, before any training.
 
     Raises:
-        ConfigError: naming the device or dtype and what is available.
+        ConfigError: naming the device or dtype and what is available; ``float16`` (see
+            :data:`FLOAT16_REFUSAL`: pure-float16 Adam turns untouched parameters into NaN).
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    if dtype == "float16":
+        raise ConfigError(FLOAT16_REFUSAL)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:

@@ -79,3 +79,28 @@ def test_dataloader_of_hf_dict_batches():
     for (x, y), k in zip(fb.train + fb.held_out, range(6), strict=True):
         block = ids[4 * k : 4 * k + 4]
         assert torch.equal(x, block[:, :-1]) and torch.equal(y, block[:, 1:])
+
+
+def test_float16_refused_with_the_cause(capsys):
+    # the mechanism, by hand: Adam's eps is 0 in float16, an embedding row with zero gradient -> 0/0
+    assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
+    emb = torch.nn.Embedding(10, 4).half()
+    opt = torch.optim.Adam(emb.parameters(), lr=1e-3)
+    emb(torch.tensor([1, 2])).float().sum().backward()
+    opt.step()
+    assert torch.isnan(emb.weight[5]).all() and not torch.isnan(emb.weight[1]).any()
+    # so float16 is refused up front (it read as "FAIL: not invariant" with NaN slopes)
+    from fxparam.cli import main
+
+    argv = ["coord-check", "--dtype", "float16", "--widths", "16,32", "--depths", "none", "--no-plots"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "float16" in err and "bfloat16" in err and "Traceback" not in err
+    assert main(["transfer", "--dtype", "float16", "--quick"]) == 2
+    assert "bfloat16" in capsys.readouterr().err
+    import fxparam
+    from fxparam.models.gpt import GPT, GPTConfig
+
+    with pytest.raises(ConfigError, match="float16"):
+        fxparam.coord_check(lambda width: GPT(GPTConfig(width=width, depth=1)), widths=[16, 32],
+                            dtype=torch.float16)
