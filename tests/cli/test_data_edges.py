@@ -104,3 +104,46 @@ def test_float16_refused_with_the_cause(capsys):
     with pytest.raises(ConfigError, match="float16"):
         fxparam.coord_check(lambda width: GPT(GPTConfig(width=width, depth=1)), widths=[16, 32],
                             dtype=torch.float16)
+
+
+_NO_INPUTS_FACTORY = """
+import torch.nn as nn
+
+
+class M(nn.Module):  # no example_inputs(), no config.vocab_size, no depth argument
+    def __init__(self, width):
+        super().__init__()
+        self.e = nn.Embedding(256, width)
+        self.h = nn.Linear(width, width)
+        self.o = nn.Linear(width, 256, bias=False)
+
+    def forward(self, x):
+        return self.o(self.h(self.e(x)).relu())
+
+
+def make(width):
+    return M(width)
+"""
+
+
+def test_completep_width_sweep_on_a_factory_without_example_inputs(tmp_path, monkeypatch, capsys):
+    # review R17: the base depth of CompleteP was read with plain fxparam.inspect, which refused a
+    # user model that cannot describe its inputs, before any training (the check's batch serves)
+    (tmp_path / "r17_noinputs.py").write_text(_NO_INPUTS_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import json
+
+    from fxparam.cli import main
+
+    argv = ["coord-check", "--model", "r17_noinputs:make", "--param", "completep", "--widths", "16,32",
+            "--steps", "1", "--seeds", "1", "--no-plots", "--no-progress", "--jobs", "1", "--out", str(tmp_path / "o")]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc in (0, 1) and "cannot guess example inputs" not in err, err
+    data = json.loads((tmp_path / "o" / "coord_check.json").read_text())
+    assert data["settings"]["model"] == "r17_noinputs:make"
+    import csv
+
+    with open(tmp_path / "o" / "records.csv", newline="") as fh:
+        assert {int(r["width"]) for r in csv.DictReader(fh)} == {16, 32}
