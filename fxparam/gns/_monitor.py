@@ -21,7 +21,11 @@ Conventions (``loss_reduction``):
   = examples on this rank in this step), so the kernels' per-example gradients are ``G_b / n``;
   the monitor multiplies by ``n`` (known only at :meth:`GNSMonitor.update`, which is why
   the per-example norms are read there). ``G_b`` is the gradient of example ``b``'s own loss,
-  and ``param.grad`` is ``G_bar``.
+  and ``param.grad`` is ``G_bar``. With ragged sequences (padding labels ``-100``) and a *global*
+  token mean (Hugging Face's default causal-LM loss), example ``b``'s loss is
+  ``(n / total_tokens) * sum_t loss_bt``, i.e. examples weighted by their token counts, not each
+  sequence's own token mean (review R15: tr(Sigma) differed by 26% from the per-sequence-mean
+  truth on a small Llama); average per sequence first if that is the example loss wanted.
 - ``"sum"``: the loss is the sum of per-example losses; per-example gradients are used as they
   are and ``G_bar = param.grad * world_size / B``.
 
