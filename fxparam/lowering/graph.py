@@ -45,6 +45,7 @@ from torch.utils import _pytree as pytree
 
 from fxparam.capture import _split_inputs, clean_module_path, default_example_inputs
 from fxparam.errors import CaptureError, LoweringError
+from fxparam.lowering.sdpa import TORCH_SDPA
 from fxparam.plan import Plan, attach, input_site
 
 __all__ = [
@@ -60,7 +61,9 @@ __all__ = [
 _WRAPPERS = ("_orig_mod", "module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 #: The root of a Dynamo source path: ``L['self']``, or ``L['args'][0]`` behind a decorated forward.
 _ROOT = re.compile(r"^L\[['\"][^'\"]*['\"]\](\[\d+\])*")
-_SDPA_TARGETS = (torch.nn.functional.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default)
+# torch's own SDPA, not F's attribute at import time: once fxparam's SDPA wrapper is installed
+# (an eager transform in the same process), F's attribute is the wrapper that graphs never record
+_SDPA_TARGETS = (TORCH_SDPA, torch.ops.aten.scaled_dot_product_attention.default)
 
 
 # --------------------------------------------------------------------------- the rewrite

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Observer", "current_scale", "install", "observe", "override_scale", "pop", "push"]
+__all__ = ["Observer", "TORCH_SDPA", "current_scale", "install", "observe", "override_scale", "pop", "push"]
 
 #: ``observer(query, key, scale)``: called before every SDPA call inside :func:`observe`,
 #: with the logit scale the call uses (the override, the call's ``scale=``, or 1/sqrt(E)).
@@ -44,7 +44,9 @@ Observer = Callable[[torch.Tensor, torch.Tensor, float], None]
 
 _STACK: list[float] = []
 _OBSERVERS: list[Observer] = []
-_ORIGINAL = F.scaled_dot_product_attention
+_ORIGINAL = torch._C._nn.scaled_dot_product_attention  # torch's own: F's attribute may already be a wrapper
+#: torch's own SDPA, the target a captured graph records whatever wrapper ``F`` holds (ours included)
+TORCH_SDPA = _ORIGINAL
 
 
 def push(scale: float) -> None:

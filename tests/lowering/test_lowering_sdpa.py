@@ -41,3 +41,30 @@ def test_scopes_nest_and_observers_see_the_scale_in_use() -> None:
     torch.testing.assert_close(back, _attention(q, k, v, 0.5), **tol)
     torch.testing.assert_close(after, _attention(q, k, v, 0.25), **tol)  # outside every scope: passes through
     assert sdpa.current_scale(None) is None
+
+
+
+_EAGER_THEN_GRAPH = """
+import sys, torch, torch.nn.functional as F
+from fxparam.lowering import sdpa
+sdpa.install()  # what an eager transform of nanoGPT-style code or fxparam.verify does first
+assert F.scaled_dot_product_attention is not torch._C._nn.scaled_dot_product_attention
+assert "fxparam.lowering.graph" not in sys.modules  # the graph lowering is first imported after the wrapper
+import fxparam
+from fxparam.models import GPT, GPTConfig
+model = GPT(GPTConfig(width=64, depth=2))
+be = fxparam.backend(fxparam.plan(model, "mup", base_width=32), inner="eager")
+torch.compile(model, backend=be)(torch.zeros(2, 8, dtype=torch.long))
+assert be.plan_pass.missing() == [], be.plan_pass.missing()
+print("ok")
+"""
+
+
+def test_graph_lowering_finds_sdpa_after_an_eager_transform_installed_the_wrapper() -> None:
+    """Eager transform, then a graph lowering in the same process: the graph must still match the SDPA node a
+    capture records (torch's own function), not F's attribute as it was when the lowering was imported."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _EAGER_THEN_GRAPH], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
