@@ -867,6 +867,8 @@ def transfer(
     lrs = sorted(set(lrs)) if lrs is not None else lr_grid(-12, -6)
     if not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
         raise ConfigError(f"transfer: learning rates must be positive, got {lrs}")
+    if isinstance(seeds, int):  # the CLI's --seeds is a count; here they are the seed values
+        raise ConfigError(f"transfer: seeds are the seed values, e.g. seeds=range({seeds}) for {seeds} seed(s); got the int {seeds}")
     seeds = sorted(set(seeds))
     if not seeds:
         raise ConfigError("transfer: need at least one seed")

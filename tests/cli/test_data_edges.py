@@ -147,3 +147,11 @@ def test_completep_width_sweep_on_a_factory_without_example_inputs(tmp_path, mon
 
     with open(tmp_path / "o" / "records.csv", newline="") as fh:
         assert {int(r["width"]) for r in csv.DictReader(fh)} == {16, 32}
+
+
+def test_transfer_seeds_int_refused():
+    # review R17: seeds=3 (a count, like the CLI's --seeds) raised TypeError: 'int' object is not iterable
+    from fxparam.checks.transfer import transfer
+
+    with pytest.raises(ConfigError, match=r"seeds=range\(3\)"):
+        transfer(model="gpt", sizes=[16, 32], params=["mup"], lrs=[2**-8], steps=1, seeds=3)
