@@ -21,7 +21,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:User
 
 
 def _norm_params(model: nn.Module) -> list[str]:
-    mods = [n for n, m in model.named_modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) or "Norm" in type(m).__name__]
+    mods = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) or "Norm" in type(m).__name__
+    ]
     return [n for n, _ in model.named_parameters() if any(n.startswith(k + ".") for k in mods)]
 
 
@@ -129,7 +133,7 @@ def test_uneven_accumulation_and_no_grad_eval_between_steps():
     truth = brute_force(model, [{"x": x[i : i + 1], "y": y[i : i + 1]} for i in range(6)], _dict_loss)
     swap_norms(model)
     mon = monitor(model)
-    for step in range(2):
+    for _step in range(2):
         for lo, hi in ((0, 1), (1, 3), (3, 6)):
             (_dict_loss(model, {"x": x[lo:hi], "y": y[lo:hi]}) * (hi - lo) / 6).backward()
         assert_matches(mon.update(), truth)
@@ -177,8 +181,15 @@ def test_t5_encoder_decoder_norms_on_both_stacks():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.T5Config(
-        vocab_size=64, d_model=16, d_ff=32, d_kv=4, num_layers=1, num_decoder_layers=1, num_heads=4,
-        decoder_start_token_id=0, dropout_rate=0.0,
+        vocab_size=64,
+        d_model=16,
+        d_ff=32,
+        d_kv=4,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=4,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
     )
     model = _perturb_norms(transformers.T5ForConditionalGeneration(cfg))
     ids, labels = torch.randint(0, 64, (4, 9)), torch.randint(0, 64, (4, 3))
