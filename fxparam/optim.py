@@ -28,7 +28,15 @@ import torch
 import torch.nn as nn
 
 from fxparam.errors import OptimizerError
-from fxparam.plan import PLANNED_LR_MULT, PLANNED_PARAMS, on_attach, plan_of, record_lr_mults, unwrap
+from fxparam.plan import (
+    PLANNED_LR_MULT,
+    PLANNED_PARAMS,
+    on_attach,
+    plan_of,
+    planned_lr_mult,
+    record_lr_mults,
+    unwrap,
+)
 
 Rule = Literal["adam", "sgd"]
 _ADAM = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam", "FusedAdam", "AdamW8bit", "Adam8bit")
@@ -479,7 +487,7 @@ def _from_recipe(
 # --------------------------------------------------------------------- detection of SP-by-accident
 
 # What fxparam.plan.attach recorded for the check: the attached Parameters by id and their planned LR multipliers.
-_EXPECTED: weakref.WeakValueDictionary[int, torch.Tensor] = PLANNED_PARAMS
+_EXPECTED: weakref.WeakValueDictionary[int, nn.Module] = PLANNED_PARAMS
 _LR_MULT: dict[int, float] = PLANNED_LR_MULT
 _BUILT: weakref.WeakSet = weakref.WeakSet()
 _CHECKED: weakref.WeakSet = weakref.WeakSet()
@@ -620,7 +628,7 @@ def _planned_lr_mults(opt: torch.optim.Optimizer) -> Any:
             for plan in plans:
                 if name in plan.params:
                     return plan.rules_for(name).lr_mult
-        return PLANNED_LR_MULT.get(id(p)) if PLANNED_PARAMS.get(id(p)) is p else None
+        return planned_lr_mult(p)
 
     return mult_of
 

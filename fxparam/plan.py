@@ -260,8 +260,10 @@ class Plan(_Rec):
 PLAN_ATTR = "_fxparam_plan"
 
 #: What the optimizer check (:mod:`fxparam.optim`, "SP by accident") needs, filled by
-#: :func:`attach`: every attached Parameter by ``id`` (weakly) ...
-PLANNED_PARAMS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+#: :func:`attach`: the transformed module owning each attached Parameter, by the Parameter's ``id``
+#: (the module weakly, never the Parameter: a weakref on a Parameter makes ``torch.utils.swap_tensors``,
+#: hence ``model.half()`` / ``load_state_dict`` under ``swap_module_params_on_conversion``, refuse it) ...
+PLANNED_PARAMS: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
 #: ... and its planned Adam-rule LR multiplier (``ParamPlan.lr_mult`` of the rules governing it).
 PLANNED_LR_MULT: dict[int, float] = {}
 #: Every attached module (weakly): the optimizer check maps Parameters to FQNs through it at step
@@ -316,12 +318,21 @@ def plan_of(model: nn.Module) -> Plan:
 
 def record_lr_mults(model: nn.Module, plan: Plan) -> None:
     """Remember ``plan``'s LR multiplier of each of ``model``'s Parameters (for the optimizer check)."""
-    for name, p in unwrap(model).named_parameters():
-        PLANNED_PARAMS[id(p)] = p
+    root = unwrap(model)
+    for name, p in root.named_parameters():
+        PLANNED_PARAMS[id(p)] = root
         PLANNED_LR_MULT[id(p)] = plan.rules_for(name).lr_mult
     ATTACHED_MODELS.add(unwrap(model))
     for fn in _ON_ATTACH:
         fn()
+
+
+def planned_lr_mult(param: torch.Tensor) -> float | None:
+    """The LR multiplier :func:`attach` recorded for ``param``, or None (an ``id`` reused by another tensor is None)."""
+    owner = PLANNED_PARAMS.get(id(param))
+    if owner is None or not any(q is param for q in owner.parameters()):
+        return None
+    return PLANNED_LR_MULT.get(id(param))
 
 
 def on_attach(fn: Callable[[], None]) -> None:

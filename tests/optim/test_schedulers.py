@@ -208,3 +208,28 @@ def test_swalr_collapses_the_groups_and_adapt_expands_swa_lr(model: torch.nn.Mod
     # annealed: each group at swa_lr times its muP multiplier (hidden 1/m_d, embedding 1), by hand
     assert _lr_of(opt, "blocks.0.attn.qkv.weight") == pytest.approx(1e-3 / M_D)
     assert _lr_of(opt, "wte.weight") == pytest.approx(1e-3)
+
+
+def test_transformed_model_swaps_tensors_on_conversion() -> None:
+    """fxparam keeps no weakref on a Parameter (torch.utils.swap_tensors refuses such tensors), so
+    model.half() and load_state_dict work under swap_module_params_on_conversion, as for the plain model,
+    and the SP-by-accident check still knows the swapped Parameters' planned LR multipliers."""
+    import torch.__future__ as future
+
+    from fxparam.models import GPT, GPTConfig
+    from fxparam.plan import planned_lr_mult
+
+    before = future.get_swap_module_params_on_conversion()
+    future.set_swap_module_params_on_conversion(True)
+    try:
+        model = fxparam.transform(GPT(GPTConfig(width=64, depth=2)), "mup", base_width=32)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.half()
+        assert next(model.parameters()).dtype == torch.float16
+        model.float()
+        model.load_state_dict(state)
+        hidden = model.blocks[0].attn.qkv.weight if hasattr(model.blocks[0].attn, "qkv") else None
+        if hidden is not None:
+            assert planned_lr_mult(hidden) == pytest.approx(32 / 64)  # muP hidden Adam LR eta / m_d, m_d = 2
+    finally:
+        future.set_swap_module_params_on_conversion(before)
