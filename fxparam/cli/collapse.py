@@ -89,6 +89,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--column", help="name of the loss column (default: loss, or the one column naming 'loss')")
     p.add_argument("--step-column", help="name of the step column (default: step, _step, global_step, ...)")
+    p.add_argument(
+        "--ref-column",
+        help="loss column of --ref (default: --column where the reference has it, else as for --column)",
+    )
+    p.add_argument(
+        "--ref-step-column",
+        help="step column of --ref (default: --step-column where the reference has it, else as for --step-column)",
+    )
     p.add_argument("--out", type=Path, help="write the collapse plot (PNG) here (needs matplotlib)")
     p.set_defaults(func=run)
 
@@ -113,6 +121,27 @@ def _totals(values: list[str] | None, n: int) -> list[float | None]:
     return out
 
 
+def _ref_columns(args: argparse.Namespace, ref_path: Path) -> dict[str, str | None]:
+    """Columns of the reference: --ref-column / --ref-step-column; else --column / --step-column
+    when the reference's header has them (a wandb export compared with a plain step,loss
+    reference: the run's column name was required of the reference too, review R17); else the
+    usual detection (which refuses an ambiguous header, naming --ref-column)."""
+    import csv
+
+    try:
+        with ref_path.open(newline="", encoding="utf-8-sig") as fh:
+            header = {h.strip().lower() for h in next(csv.reader(fh), [])}
+    except OSError:
+        header = set()  # read_loss_csv names the missing file
+
+    def pick(own: str | None, shared: str | None) -> str | None:
+        if own is not None or args.ref is None:
+            return own if own is not None else shared
+        return shared if shared is not None and shared.strip().lower() in header else None
+
+    return {"column": pick(args.ref_column, args.column), "step_column": pick(args.ref_step_column, args.step_column)}
+
+
 def run(args: argparse.Namespace) -> int:
     """Normalise, compare, print the residual table, plot; return 1 when the alarm fires."""
     from fxparam.recipes._collapse import (
@@ -127,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError(f"--false-alarm is a probability in (0, 1), got {args.false_alarm}")
     columns = {"column": args.column, "step_column": args.step_column}
     ref_path = args.ref or args.runs[0]
-    ref_steps, ref_losses = read_loss_csv(ref_path, **columns)
+    ref_steps, ref_losses = read_loss_csv(ref_path, **_ref_columns(args, ref_path))
     reference = normalise_curve(
         ref_steps, ref_losses, total_steps=args.ref_total_steps, smooth=args.smooth, name=ref_path.stem
     )

@@ -118,3 +118,29 @@ def test_cli_defaults_match_the_library():
     assert cli.ALIGN_WINDOW == col.ALIGN_WINDOW and cli.DEFAULT_SMOOTH == col.DEFAULT_SMOOTH
     assert cli.DEFAULT_T_MIN == col.DEFAULT_T_MIN and cli.DEFAULT_THRESHOLD == col.DEFAULT_THRESHOLD
     assert cli.DEFAULT_FALSE_ALARM == col.DEFAULT_FALSE_ALARM
+
+
+def test_column_of_a_wandb_run_does_not_bind_a_plain_reference(tmp_path, capsys):
+    # review R17: --column named the run's column and was required of a step,loss reference too
+    import numpy as _np
+
+    from fxparam.cli import main as _main
+
+    s = _np.arange(1, 201)
+    ref = 2 + 3 * s**-0.5
+    (tmp_path / "ref.csv").write_text("step,loss\n" + "".join(f"{a},{float(b)}\n" for a, b in zip(s, ref, strict=True)))
+    (tmp_path / "wb.csv").write_text(
+        "Step,runA - train/loss,runB - train/loss\n"
+        + "".join(f"{a},{float(b)},{1.01 * float(b)}\n" for a, b in zip(s, ref, strict=True))
+    )
+    # runB = 1.01 x reference: identical after dividing by L(T), so it collapses (residual 0 by hand)
+    assert _main(["collapse", str(tmp_path / "wb.csv"), "--ref", str(tmp_path / "ref.csv"),
+                  "--column", "runB - train/loss"]) == 0
+    assert "collapse ok" in capsys.readouterr().out
+    # negative control: a reference with two loss columns and no --ref-column is still refused, loudly
+    (tmp_path / "ref2.csv").write_text("step,a/loss,b/loss\n" + "".join(f"{a},{float(b)},{float(b)}\n" for a, b in zip(s, ref, strict=True)))
+    assert _main(["collapse", str(tmp_path / "wb.csv"), "--ref", str(tmp_path / "ref2.csv"),
+                  "--column", "runB - train/loss"]) == 2
+    assert "several loss columns" in capsys.readouterr().err
+    assert _main(["collapse", str(tmp_path / "wb.csv"), "--ref", str(tmp_path / "ref2.csv"),
+                  "--column", "runB - train/loss", "--ref-column", "b/loss"]) == 0
