@@ -207,3 +207,14 @@ def test_inspect_user_factory_in_sub_package_without_example_inputs(tmp_path, mo
     assert main(["inspect", "pkg.sub.m_r17:conv", "--width", "8"]) == 2
     err = capsys.readouterr().err
     assert "example_inputs() method" in err and "command line cannot pass tensors" in err and "Traceback" not in err
+
+
+def test_factory_with_required_arguments_names_the_flags(tmp_path, monkeypatch, capsys):
+    # review R17: Python's TypeError ("missing 2 required positional arguments") named no fix
+    (tmp_path / "r17_req.py").write_text(_TOKEN_MODEL + "\n\ndef req(width, depth, heads):\n    return M(width)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "r17_req:req", "--width", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "requires 'depth', 'heads'" in err and "--heads" in err and "Traceback" not in err
+    assert main(["inspect", "r17_req:req", "--width", "32", "--depth", "2", "--heads", "4"]) == 0  # control

@@ -258,6 +258,18 @@ def _user_factory(spec: str, options: dict[str, Any] | None = None) -> ModelFact
             if key not in takes:
                 raise ConfigError(f"{spec}: the factory takes no {key!r} argument, so it cannot be swept over {key}")
             kwargs[key] = value
+        missing = [
+            k for k, prm in params.items()
+            if prm.default is prm.empty and prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY) and k not in kwargs
+        ]
+        if missing:  # name the fix, not only Python's TypeError (review R17)
+            flags = [f"--{k.replace('_', '-')}" for k in missing if k in MODEL_OPTIONS]
+            raise ConfigError(
+                f"{spec}: the factory requires {', '.join(repr(k) for k in missing)}, which this run does not pass"
+                + (f"; give {', '.join(flags)} on the command line" if flags else "")
+                + ("; 'depth' is passed only when a depth is given (inspect --depth, --depths of a sweep)" if "depth" in missing else "")
+                + "; or give the factory defaults for them"
+            )
         try:
             with _on(device):
                 model = factory(**kwargs)
