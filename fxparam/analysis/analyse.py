@@ -10,7 +10,7 @@ from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo,
 from fxparam.analysis.graph import build_graph
 from fxparam.analysis.dims import DimAnalysis
 from fxparam.analysis.rebuild import Rebuild, changed_axes, warn_constants, wider, width_constants
-from fxparam.analysis.roles import override, param_role, warn_unclassified
+from fxparam.analysis.roles import check_overrides, override, param_role, warn_unclassified
 from fxparam.analysis.structure import StructureFinder
 from fxparam.capture import Capture, capture
 
@@ -46,6 +46,7 @@ def analyse(
             model rebuilt from its config: a second build at twice the width (meta) cross-checks
             which axes grow and finds forward constants that change with width.
     """
+    check_overrides([n for n, _ in model.named_parameters(remove_duplicate=False)], roles)
     cap = cap or capture(model, example_inputs)
     mg = build_graph(cap)
     sf = StructureFinder(mg)

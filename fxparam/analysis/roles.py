@@ -213,6 +213,44 @@ def override(name: str, info: dict[str, Any], roles: dict[str, str] | None) -> d
     return new
 
 
+def check_overrides(names: list[str], roles: dict[str, str] | None) -> None:
+    """Refuse ``roles={...}`` keys that match no parameter, bad patterns and unknown role names.
+
+    Args:
+        names: the model's parameter FQNs (tied aliases included).
+        roles: ``{"fqn" or "re:pattern": role}`` as passed to inspect/plan/transform.
+
+    Raises:
+        ConfigError: a role not in ``OVERRIDE_ROLES``; a ``re:`` pattern that does not compile or
+            matches no FQN; an exact key that is no parameter FQN (the message names the closest
+            FQNs), since an override that silently applies to nothing leaves the analysis's role.
+    """
+    if not roles:
+        return
+    import difflib
+
+    from fxparam.errors import ConfigError
+
+    for key, role in roles.items():
+        if role not in OVERRIDE_ROLES:
+            raise ConfigError(f"roles[{key!r}] = {role!r}: choose one of {', '.join(OVERRIDE_ROLES)}")
+        if key.startswith("re:"):
+            try:
+                re.compile(key[3:])
+            except re.error as e:
+                raise ConfigError(f"roles[{key!r}]: not a valid regular expression ({e})") from None
+            if not any(matches(n, key) for n in names):
+                raise ConfigError(f"roles[{key!r}] matches no parameter FQN (searched with re.search in "
+                                  f"{len(names)} names, e.g. {names[0]!r})" if names else
+                                  f"roles[{key!r}]: the model has no parameters")
+        elif key not in names:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            under = [n for n in names if n.startswith(key + ".")][:3]
+            hint = (f"; did you mean {', '.join(map(repr, under or close))}?" if (under or close)
+                    else "; use an exact parameter FQN or 're:<pattern>'")
+            raise ConfigError(f"roles[{key!r}]: no parameter has this FQN{hint}")
+
+
 def warn_unclassified(messages: list[str]) -> None:
     for m in messages:
         warnings.warn(m, UnclassifiedWarning, stacklevel=3)

@@ -1,0 +1,83 @@
+"""Review R13 of issue 13: inputs of the issue's kinds that it did not list.
+
+Expected values come from first principles (an override that names no parameter must be
+loud; Tensor Programs V Table 3 roles), never from fxparam's own output.
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxparam
+from fxparam.errors import ConfigError
+
+IDS = (torch.zeros(2, 8, dtype=torch.long),)
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.proj = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return x + self.proj(F.gelu(self.fc(self.ln(x))))
+
+
+class MatmulTiedLM(nn.Module):
+    """Tied readout written as ``h @ wte.weight.T`` (or einsum): no lm_head module, no F.linear."""
+
+    def __init__(self, vocab=50, width=64, einsum=False):
+        super().__init__()
+        self.einsum = einsum
+        self.wte = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList([Block(width) for _ in range(2)])
+        self.ln_f = nn.LayerNorm(width)
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        for b in self.blocks:
+            x = b(x)
+        h = self.ln_f(x)
+        if self.einsum:
+            return torch.einsum("btd,vd->btv", h, self.wte.weight)
+        return h @ self.wte.weight.T
+
+
+@pytest.mark.parametrize("roles, match", [
+    ({"blocks.0.fc.weigth": "hidden"}, r"blocks\.0\.fc\.weight"),  # typo: the close FQN is named
+    ({"blocks.0.fc": "hidden"}, r"blocks\.0\.fc\.weight"),  # a module, not a parameter: its params named
+    ({"re:^no_such_layer": "readout"}, "matches no parameter"),
+    ({"re:blocks.(": "hidden"}, "regular expression"),
+    ({"no.such.param": "bogus"}, "choose one of"),
+])
+def test_override_that_applies_to_nothing_is_refused(roles, match):
+    # before: an unmatched key was ignored silently and the analysis's role kept
+    for call in (lambda: fxparam.inspect(MatmulTiedLM(), IDS, roles=roles),
+                 lambda: fxparam.plan(MatmulTiedLM(), fxparam.MuP(base_width=32), example_inputs=IDS, roles=roles)):
+        with pytest.raises(ConfigError, match=match):
+            call()
+
+
+def test_override_that_matches_still_applies():  # control for the refusal above
+    a = fxparam.inspect(MatmulTiedLM(), IDS, roles={"blocks.0.fc.weight": "vector", r"re:^blocks\.1\.fc\.": "frozen"})
+    assert a.params["blocks.0.fc.weight"].role == "vector"
+    assert a.params["blocks.1.fc.bias"].role == "frozen"
+    assert a.params["blocks.1.proj.weight"].role == "hidden"
+
+
+@pytest.mark.parametrize("einsum", [False, True])
+def test_tied_readout_by_matmul_or_einsum(einsum):
+    # muP readout multiplier alpha_out/m_d = 1/(64/32) on the tied readout's input (TP5 Table 3)
+    m = MatmulTiedLM(einsum=einsum)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        ref = m(ids)
+    mup = fxparam.MuP(base_width=32)
+    fxparam.transform(m, mup, example_inputs=(ids,), init=False)
+    with torch.no_grad():
+        got = m(ids)
+    torch.testing.assert_close(got, ref * mup.output_multiplier / 2)
