@@ -41,7 +41,7 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             warnings.warn(
                 f"{spec.name} moved to {MOVED[spec.name]}; import it from there (the old path goes in 0.3)",
                 DeprecationWarning,
-                stacklevel=4,
+                stacklevel=2,  # importlib._bootstrap frames are skipped: the user's import line
             )
         return importlib.import_module(MOVED[spec.name])
 
