@@ -821,13 +821,15 @@ class DimAnalysis:
                     width[nb] = "derived from width (reshape/cat/slice)"
                     changed_any = True
         self.width_classes = width
-        sizes = {}
-        for c, why in width.items():
-            if why == "residual stream":
-                s = self.shape(c[0])
-                if s is not None:
-                    sizes.setdefault(s[c[1]], 0)
-                    sizes[s[c[1]]] += 1
+        # the stream's size, counted over every member axis of its classes (a class's representative may be
+        # a size-1 axis that some op lined up with it: torchtitan's Llama read width 1 from one)
+        stream = {c for c, why in width.items() if why == "residual stream"}
+        sizes: dict[int, int] = {}
+        for k in list(self.uf.parent) if stream else ():
+            if self.cls(k) in stream:
+                s = self.shape(k[0])
+                if s is not None and k[1] < len(s) and s[k[1]] != 1:
+                    sizes[s[k[1]]] = sizes.get(s[k[1]], 0) + 1
         if sizes:
             self.width = max(sizes, key=sizes.__getitem__)
         else:

@@ -41,8 +41,6 @@ def test_converter_applies_the_plan_at_build(model: torch.nn.Module) -> None:
     assert plan.params["lm_head.weight"].role == "readout"
 
 
-@pytest.mark.xfail(strict=True, reason="analysis reports width 1 for torchtitan's Llama3 (residual-stream width "
-                   "inference, fxparam/analysis) -- reported to the lead; remove when fixed")
 def test_converter_width_is_the_model_dim(model: torch.nn.Module) -> None:
     assert fxparam.plan_of(model).width == 256
 
