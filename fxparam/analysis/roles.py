@@ -131,6 +131,12 @@ def param_role(mg: ModelGraph, sf: StructureFinder, dims: DimAnalysis, pnode: st
     if role == "readout":
         return base | fields | out | {"role": "readout", "fan_in_width": True, "fan_out_width": False,
                                       "reason": text}
+    if dims.width_classes or any(dims.param_grows.values()):
+        # fixed -> fixed in a model that has width (Linear(16, vocab) after a width -> 16 readout): its
+        # fan-in does not grow, so no readout multiplier (a second alpha_out/m_d would compound) and no
+        # width factor on init or LR: width-independent, as a vector (TP5 Table 3)
+        return base | fields | {"role": "vector", "fan_in_width": False, "fan_out_width": False,
+                                "reason": f"{text}, no width dim (fixed fan-in and fan-out: width-independent)"}
     # no width dim on either side: a single layer, nothing can be told to grow with width
     return base | fields | out | {"role": "readout", "fan_in_width": False, "fan_out_width": False,
                                   "reason": f"{text}, no width dim (single layer)"}

@@ -81,3 +81,36 @@ def test_tied_readout_by_matmul_or_einsum(einsum):
     with torch.no_grad():
         got = m(ids)
     torch.testing.assert_close(got, ref * mup.output_multiplier / 2)
+
+
+class FactorisedHeadLM(nn.Module):
+    """A factorised readout Linear(d, 16) -> Linear(16, vocab): the 16 is a fixed bottleneck."""
+
+    def __init__(self, vocab=50, width=64):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, width)
+        self.blocks = nn.ModuleList([Block(width) for _ in range(2)])
+        self.ln_f = nn.LayerNorm(width)
+        self.h1 = nn.Linear(width, 16)
+        self.h2 = nn.Linear(16, vocab)
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.h2(self.h1(self.ln_f(x)))
+
+
+def test_factorised_head_gets_one_readout_multiplier():
+    # with a second build (the width-16 axis does not grow): h1 (width -> 16) is the readout and carries
+    # alpha_out/m_d once; h2 (16 -> vocab) has a fixed fan-in: no second multiplier (was x(1/m_d)^2 on the
+    # logits), no width factor on its LR (TP5 Table 3)
+    mup = fxparam.MuP(base_width=32)
+    with pytest.warns(UserWarning):  # the build overrules the dimension analysis on h1/h2: said loudly
+        p = fxparam.plan(FactorisedHeadLM(), mup, example_inputs=IDS, rebuild=lambda w: FactorisedHeadLM(width=w))
+    m_d = 64 / 32
+    assert p.params["h1.weight"].role == "readout"
+    assert p.input_multipliers == {"h1": pytest.approx(mup.output_multiplier / m_d)}
+    assert p.output_multipliers == {}
+    assert p.params["h2.weight"].role != "readout"
+    assert p.params["h2.weight"].lr_mult == 1.0 and p.params["h2.weight"].sgd_lr_mult == 1.0
