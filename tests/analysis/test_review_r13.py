@@ -46,23 +46,30 @@ class MatmulTiedLM(nn.Module):
         return h @ self.wte.weight.T
 
 
-@pytest.mark.parametrize("roles, match", [
-    ({"blocks.0.fc.weigth": "hidden"}, r"blocks\.0\.fc\.weight"),  # typo: the close FQN is named
-    ({"blocks.0.fc": "hidden"}, r"blocks\.0\.fc\.weight"),  # a module, not a parameter: its params named
-    ({"re:^no_such_layer": "readout"}, "matches no parameter"),
-    ({"re:blocks.(": "hidden"}, "regular expression"),
-    ({"no.such.param": "bogus"}, "choose one of"),
-])
+@pytest.mark.parametrize(
+    "roles, match",
+    [
+        ({"blocks.0.fc.weigth": "hidden"}, r"blocks\.0\.fc\.weight"),  # typo: the close FQN is named
+        ({"blocks.0.fc": "hidden"}, r"blocks\.0\.fc\.weight"),  # a module, not a parameter: its params named
+        ({"re:^no_such_layer": "readout"}, "matches no parameter"),
+        ({"re:blocks.(": "hidden"}, "regular expression"),
+        ({"no.such.param": "bogus"}, "choose one of"),
+    ],
+)
 def test_override_that_applies_to_nothing_is_refused(roles, match):
     # before: an unmatched key was ignored silently and the analysis's role kept
-    for call in (lambda: fxparam.inspect(MatmulTiedLM(), IDS, roles=roles),
-                 lambda: fxparam.plan(MatmulTiedLM(), fxparam.MuP(base_width=32), example_inputs=IDS, roles=roles)):
+    for call in (
+        lambda: fxparam.inspect(MatmulTiedLM(), IDS, roles=roles),
+        lambda: fxparam.plan(MatmulTiedLM(), fxparam.MuP(base_width=32), example_inputs=IDS, roles=roles),
+    ):
         with pytest.raises(ConfigError, match=match):
             call()
 
 
 def test_override_that_matches_still_applies():  # control for the refusal above
-    a = fxparam.inspect(MatmulTiedLM(), IDS, roles={"blocks.0.fc.weight": "vector", r"re:^blocks\.1\.fc\.": "frozen"})
+    a = fxparam.inspect(
+        MatmulTiedLM(), IDS, roles={"blocks.0.fc.weight": "vector", r"re:^blocks\.1\.fc\.": "frozen"}
+    )
     assert a.params["blocks.0.fc.weight"].role == "vector"
     assert a.params["blocks.1.fc.bias"].role == "frozen"
     assert a.params["blocks.1.proj.weight"].role == "hidden"
@@ -107,7 +114,9 @@ def test_factorised_head_gets_one_readout_multiplier():
     # logits), no width factor on its LR (TP5 Table 3)
     mup = fxparam.MuP(base_width=32)
     with pytest.warns(UserWarning):  # the build overrules the dimension analysis on h1/h2: said loudly
-        p = fxparam.plan(FactorisedHeadLM(), mup, example_inputs=IDS, rebuild=lambda w: FactorisedHeadLM(width=w))
+        p = fxparam.plan(
+            FactorisedHeadLM(), mup, example_inputs=IDS, rebuild=lambda w: FactorisedHeadLM(width=w)
+        )
     m_d = 64 / 32
     assert p.params["h1.weight"].role == "readout"
     assert p.input_multipliers == {"h1": pytest.approx(mup.output_multiplier / m_d)}
