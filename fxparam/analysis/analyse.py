@@ -6,9 +6,9 @@ from typing import Any
 
 import torch.nn as nn
 
+from fxparam.analysis.dims import DimAnalysis
 from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite, WidthConstant
 from fxparam.analysis.graph import build_graph
-from fxparam.analysis.dims import DimAnalysis
 from fxparam.analysis.rebuild import Rebuild, changed_axes, warn_constants, wider, width_constants
 from fxparam.analysis.roles import check_overrides, override, param_role, warn_unclassified
 from fxparam.analysis.structure import StructureFinder
@@ -109,7 +109,7 @@ def analyse(
     blocks: list[str] = []
     for site in sf.sites:
         for real_block in cap.real_names(site.block):
-            ren = lambda f, rb=real_block: _rename(f, site.block, rb)  # noqa: E731
+            ren = lambda f, rb=real_block, sb=site.block: _rename(f, sb, rb)  # noqa: E731
             residuals.append(
                 ResidualSite(
                     block=real_block,
@@ -269,7 +269,7 @@ def _real_like(skel_fqn: str, real_name: str, skel_name: str) -> str:
     # find the differing block index and substitute it
     r, s = real_name.split("."), skel_name.split(".")
     out = skel_fqn.split(".")
-    for i, (a, b) in enumerate(zip(r, s)):
+    for i, (a, b) in enumerate(zip(r, s, strict=False)):
         if a != b and i < len(out) and out[i] == b:
             out[i] = a
     return ".".join(out)

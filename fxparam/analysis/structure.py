@@ -269,7 +269,7 @@ class StructureFinder:
                 calls_of.setdefault(c.fqn, set()).add(c.key)
         branch_calls: dict[str, set[str]] = {}
         for site in sites:
-            for fqn, key in zip(site.output_modules, site.output_calls):
+            for fqn, key in zip(site.output_modules, site.output_calls, strict=False):
                 branch_calls.setdefault(fqn, set()).add(key)
         extra = {fqn: calls_of.get(fqn, set()) - keys for fqn, keys in branch_calls.items()}
         for site in sites:
@@ -365,12 +365,12 @@ class StructureFinder:
             if parent is not None and parent.key not in start_calls and (not repeats or None in level):
                 chosen = [parent] * len(chain)
             else:
-                chosen = [c if c is not None else self._branch_call(s) for s, c in zip(chain, level)]
+                chosen = [c if c is not None else self._branch_call(s) for s, c in zip(chain, level, strict=False)]
         else:
             # every add in the same calls: one block, the innermost call holding them (not the stack)
             inner = next((c for c in reversed(common) if c.key not in start_calls), None)
             chosen = [inner if inner is not None else self._branch_call(s) for s in chain]
-        for s, c in zip(chain, chosen):
+        for s, c in zip(chain, chosen, strict=False):
             if c is not None:
                 s.block, s.block_call = c.fqn, c.key
 
@@ -462,7 +462,7 @@ class StructureFinder:
             site.block = site.output_modules[0] if site.output_modules else self.mg.owner.get(site.add, "")
         block = site.block
         branches = []
-        for p, out_mod in zip(producers, outputs):
+        for p, out_mod in zip(producers, outputs, strict=False):
             pstack = self.mg.stack.get(p, [])
             child = next((m for m in pstack if m.startswith(block + ".") and m.count(".") == block.count(".") + 1), None)
             branches.append(child or out_mod or block)

@@ -77,7 +77,7 @@ def test_width_flags_match_two_captures(kw):
     shapes_large = dict(large.named_parameters(remove_duplicate=False))
     for name, p in small.named_parameters(remove_duplicate=False):
         info = a.params[name]
-        grows = [s != t for s, t in zip(p.shape, shapes_large[name].shape)]
+        grows = [s != t for s, t in zip(p.shape, shapes_large[name].shape, strict=True)]
         if info.fan_in_dim is not None:
             assert grows[info.fan_in_dim] == info.fan_in_width, name
             assert grows[1 - info.fan_in_dim] == info.fan_out_width, name

@@ -53,7 +53,7 @@ def test_zoo_width_axes_are_the_axes_that_grow(arch):
     for name, info in a.params.items():
         if len(info.shape) < 2:
             continue
-        grows = [i for i, (s, t) in enumerate(zip(info.shape, wide[name].shape)) if s != t]
+        grows = [i for i, (s, t) in enumerate(zip(info.shape, wide[name].shape, strict=True)) if s != t]
         if arch == "t5" and "relative_attention_bias" in name:
             continue  # [buckets, heads]: heads grow in this zoo's scaling, a convention (see dims.py)
         assert info.width_dims == grows, (name, info.width_dims, grows, info.reason)

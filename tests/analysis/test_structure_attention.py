@@ -178,7 +178,7 @@ class AttnLM(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.emb(idx)
-        for ln, attn in zip(self.lns, self.attns):
+        for ln, attn in zip(self.lns, self.attns, strict=True):
             x = x + attn(ln(x))
         gate = self.router(x).softmax(-1)[..., :1]
         return self.head(x * gate)

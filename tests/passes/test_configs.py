@@ -1,3 +1,4 @@
+import pydantic
 import pytest
 
 import fxparam
@@ -54,5 +55,5 @@ def test_invalid_configs_raise_config_error(make, fragment):
 
 def test_configs_are_frozen():
     cfg = fxparam.MuP(base_width=64)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.base_width = 128  # type: ignore[misc]

@@ -5,8 +5,8 @@ import math
 import pytest
 
 import fxparam
-from fxparam.models.hf import hf_model
 from fxparam.models import GPT, GPTConfig
+from fxparam.models.hf import hf_model
 from fxparam.passes.width import INPUT
 
 SIGMA = 0.02
@@ -99,7 +99,7 @@ def test_sp_plan_is_uniform():
     model = GPT(GPTConfig(width=128, depth=2))
     plan = fxparam.plan(model, "sp")
     assert not plan.multipliers and not plan.attention
-    for fqn, p in plan.params.items():
+    for p in plan.params.values():
         assert p.lr_mult == 1.0 and p.eps_mult == 1.0
         if p.role != "vector":
             assert (p.init, p.init_std) == ("normal", 0.02)

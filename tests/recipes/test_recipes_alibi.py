@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fxparam import recipes
-from fxparam.models.alibi import ALiBi, alibi_attention_bias, alibi_bias, alibi_slopes, interpolation_factor
 from fxparam.errors import RecipeError
+from fxparam.models.alibi import ALiBi, alibi_attention_bias, alibi_bias, alibi_slopes, interpolation_factor
 
 
 def test_slopes_power_of_two_and_interleaved() -> None:

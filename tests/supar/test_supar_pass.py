@@ -10,8 +10,8 @@ from conftest import HIDDEN, TINY
 
 import fxparam
 from fxparam.configs import config_from_json, resolve_config
-from fxparam.models.hf import hf_model
 from fxparam.models import GPT
+from fxparam.models.hf import hf_model
 from fxparam.passes import build_plan
 from fxparam.passes.supar import maskable
 from fxparam.plan import MaskPlan, Plan
