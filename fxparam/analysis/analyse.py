@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch.nn as nn
@@ -154,6 +155,9 @@ def analyse(
         for real in cap.real_names(n.module):
             norms.append(n.model_copy(update={"module": real, "params": [_rename(p, n.module, real) for p in n.params]}))
     attention.sort(key=lambda a: _block_key(a.module))
+    for note in sf.notes:
+        notes.append(note)
+        warnings.warn(f"fxparam: {note}", stacklevel=3)
     unknown = [a.module for a in attention if a.scale is None]
     if unknown:
         notes.append(

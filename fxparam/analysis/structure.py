@@ -123,6 +123,7 @@ class StructureFinder:
     def __init__(self, mg: ModelGraph) -> None:
         self.mg = mg
         self.g = mg.g
+        self.notes: list[str] = []  # structure decisions the user must know about (warned by analyse)
         self.param_nodes = set(mg.param_of)
         self.uses = self._param_uses()
         self.param_op_nodes = {u.node for uses in self.uses.values() for u in uses if u.kind in ("matmul", "embedding")}
@@ -366,6 +367,8 @@ class StructureFinder:
                 chosen = [parent] * len(chain)
             else:
                 chosen = [c if c is not None else self._branch_call(s) for s, c in zip(chain, level, strict=False)]
+                if repeats and None not in level:
+                    chosen = self._stages_to_blocks(stacks, k, chosen)
         else:
             # every add in the same calls: one block, the innermost call holding them (not the stack)
             inner = next((c for c in reversed(common) if c.key not in start_calls), None)
@@ -373,6 +376,36 @@ class StructureFinder:
         for s, c in zip(chain, chosen, strict=False):
             if c is not None:
                 s.block, s.block_call = c.fqn, c.key
+
+    def _stages_to_blocks(self, stacks: list[list[Call]], k: int, chosen: list[Call | None]) -> list[Call | None]:
+        """Containers of blocks chosen as blocks: descend to the blocks they hold.
+
+        Stages of one class (``ModuleDict{a: Sequential(Blk, Blk), b: Sequential(Blk)}``) part the sites at
+        level ``k`` like blocks do. When each stage holds calls of ONE repeated child class one level
+        further in, in UNEQUAL numbers, those children are the blocks (depth 3 there, not 2). Equal
+        numbers stay stages: that is also the shape of a block made of two sub-layers of one class
+        (MLP-Mixer's token- and channel-mixing ``PreNormResidual``).
+        """
+        groups: dict[str, dict[str, str]] = {}  # stage call key -> {child call key: child class}
+        for st, c in zip(stacks, chosen, strict=False):
+            if c is None or len(st) <= k + 1:
+                return chosen
+            groups.setdefault(c.key, {})[st[k + 1].key] = st[k + 1].cls
+        classes = {cls for children in groups.values() for cls in children.values()}
+        counts = {len(children) for children in groups.values()}
+        if len(classes) != 1 or min(counts) < 2 and len(counts) == 1:
+            return chosen
+        if len(counts) == 1:  # equal numbers: stages of blocks, or blocks of sub-layers -- cannot tell: say so
+            stage = next(c for c in chosen if c is not None)
+            n_children = sum(len(children) for children in groups.values())
+            self.notes.append(
+                f"blocks: counted {len(groups)} blocks like {stage.fqn!r}, each holding {counts.pop()} sub-layers of "
+                f"class {classes.pop()}; if those are residual blocks themselves the depth is {n_children}, not "
+                f"{len(groups)}. CompleteP's m_L = depth / base_depth is right only when base_depth counts the same "
+                "units: give base_depth as this count at the base model, or hold each block in a ModuleList"
+            )
+            return chosen
+        return [st[k + 1] for st in stacks]
 
     def _branch_call(self, site: RawSite) -> Call | None:
         """For an add written outside any block module: the outermost call computing the branch."""

@@ -123,3 +123,46 @@ def test_factorised_head_gets_one_readout_multiplier():
     assert p.output_multipliers == {}
     assert p.params["h2.weight"].role != "readout"
     assert p.params["h2.weight"].lr_mult == 1.0 and p.params["h2.weight"].sgd_lr_mult == 1.0
+
+
+class _Blk(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.ln(x))
+
+
+class _Stages(nn.Module):
+    """Blocks in stages: ``ModuleDict{name: Sequential(Blk x count)}`` (depth = sum of counts, by construction)."""
+
+    def __init__(self, counts: tuple[int, ...], d: int = 32) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, d)
+        self.stages = nn.ModuleDict({f"s{i}": nn.Sequential(*[_Blk(d) for _ in range(c)]) for i, c in enumerate(counts)})
+        self.head = nn.Linear(d, 50)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        for stage in self.stages.values():
+            x = stage(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("counts", [(2, 1), (1, 3), (3, 1, 2)])
+def test_unequal_stages_of_blocks_count_every_block(counts: tuple[int, ...]) -> None:
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    analysis = fxparam.inspect(_Stages(counts), example_inputs=(idx,))
+    assert analysis.depth == sum(counts)  # not the number of stages
+    assert len({r.block for r in analysis.residuals}) == sum(counts)
+
+
+def test_equal_stages_are_ambiguous_and_loud() -> None:
+    """Two stages of two blocks look exactly like two blocks of two same-class sub-layers (MLP-Mixer): the
+    count stays in stages (2) but a warning names both readings (2 vs 4) and the base_depth units."""
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.warns(UserWarning, match=r"depth is 4, not 2"):
+        analysis = fxparam.inspect(_Stages((2, 2)), example_inputs=(idx,))
+    assert analysis.depth == 2 and any("depth is 4" in n for n in analysis.notes)
