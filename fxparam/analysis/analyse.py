@@ -99,6 +99,8 @@ def analyse(
             warned.add(skel)
             notes.append(warning.replace(skel, name))
         params[name] = ParamInfo(**info)
+    if second is None and width:
+        notes += _factorised_readouts(params, width)
     warn_unclassified(notes)
     emb_modules = {_module_of(a) for a, i in skel_info.items() if i["role"] == "embedding"}
     found = width_constants(mg, model, width, emb_modules, second)
@@ -195,6 +197,27 @@ def _previous_block(cap: Capture, fqn: str) -> str:
         if kept >= 2 and (fqn == last or fqn.startswith(last + ".")):
             return f"{prefix}.{kept - 2}" + fqn[len(last) :]
     return fqn
+
+
+def _factorised_readouts(params: dict[str, ParamInfo], width: int) -> list[str]:
+    """Readouts whose fan-in is not the width, with no second build to tell what that dim is: say so.
+
+    ``Linear(d, 16) -> Linear(16, vocab)`` (a factorised head) and an MLP feeding a readout look the
+    same on one capture: the 16 reads as a width-derived hidden dim, so the first layer gets hidden
+    rules. Only a second build (or the user) can tell a fixed bottleneck from a width dim.
+    """
+    notes = []
+    for name, info in params.items():
+        if info.role != "readout" or info.tied_to or info.fan_in in (None, width):
+            continue
+        if info.reason.startswith("override"):
+            continue
+        notes.append(
+            f"readout {name!r} reads a {info.fan_in}-dim input, not the width {width}: if that dim is fixed (a "
+            "factorised head), the layer producing it is a readout, not hidden. Pass rebuild=make(width) (or "
+            "rebuild=True for the reference GPT / HF models) so a second build tells, or roles={...: 'readout'}"
+        )
+    return notes
 
 
 def _second_width(model, example_inputs, cap, mg, sf, dims, width, rebuild):

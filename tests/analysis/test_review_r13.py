@@ -166,3 +166,39 @@ def test_equal_stages_are_ambiguous_and_loud() -> None:
     with pytest.warns(UserWarning, match=r"depth is 4, not 2"):
         analysis = fxparam.inspect(_Stages((2, 2)), example_inputs=(idx,))
     assert analysis.depth == 2 and any("depth is 4" in n for n in analysis.notes)
+
+
+class _FactorisedHead(nn.Module):
+    """Embedding -> hidden block -> Linear(d, 16) -> Linear(16, vocab): the 16 is fixed by construction."""
+
+    def __init__(self, d: int = 64, vocab: int = 50) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.fc = nn.Linear(d, d)
+        self.h1 = nn.Linear(d, 16)
+        self.h2 = nn.Linear(16, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb(idx)
+        x = x + self.fc(x)
+        return self.h2(self.h1(x))
+
+
+def test_factorised_head_without_a_second_build_is_loud() -> None:
+    """One capture cannot tell the fixed 16 from a width-derived dim: warn, naming rebuild= and roles=."""
+    from fxparam.analysis.roles import UnclassifiedWarning
+
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.warns(UnclassifiedWarning, match=r"'h2.weight' reads a 16-dim input.*rebuild="):
+        fxparam.inspect(_FactorisedHead(), example_inputs=(idx,))
+
+
+def test_factorised_head_with_a_second_build_is_quiet() -> None:
+    import warnings
+
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis = fxparam.inspect(_FactorisedHead(), example_inputs=(idx,), rebuild=lambda width: _FactorisedHead(d=width))
+    assert not [w for w in caught if "reads a 16-dim input" in str(w.message)]
+    assert analysis.params["h1.weight"].role == "readout"  # the second build tells: fixed 16
