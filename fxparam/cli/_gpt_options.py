@@ -28,16 +28,6 @@ def add_model_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
 
 
 def gpt_options(args: argparse.Namespace) -> dict[str, Any]:
-    keys = [
-        "heads",
-        "head_dim",
-        "mlp",
-        "norm",
-        "pos",
-        "parallel_residual",
-        "tie_embeddings",
-        "bias",
-        "vocab",
-        "seq_len",
-    ]
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    from fxparam.checks.targets import MODEL_OPTIONS  # at run time: parsers stay free of torch (fast --help)
+
+    return {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k, None) is not None}
