@@ -31,6 +31,9 @@ _SIZE = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*
 def size(text: str) -> float:
     """Parse a count such as ``1B``, ``20B``, ``610M``, ``1.5T`` or ``610e6`` (argparse type).
 
+    Raises:
+        argparse.ArgumentTypeError: not a size, or not positive (argparse names the flag).
+
     Example:
         >>> size("1B"), size("610M"), size("48.5e9")
         (1000000000.0, 610000000.0, 48500000000.0)
@@ -38,7 +41,17 @@ def size(text: str) -> float:
     m = _SIZE.match(text)
     if m is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (use e.g. 1B, 610M, 48.5e9)")
-    return float(m.group(1)) * _SUFFIX[m.group(2).lower()]  # signs: recommend() says which must be positive
+    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if not (value > 0 and math.isfinite(value)):  # every size here counts something: N, D, TPP, tokens
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive size (e.g. 1B, 610M, 48.5e9)")
+    return value
+
+
+#: argparse reads a token that starts with '-' as an option unless it looks like a negative number,
+#: and its test (Python < 3.13: '-5' or '-.5' only) misses '-1B' and '-5e9': '--params -1B' was
+#: "expected one argument". Python 3.13's test ('-' then a digit) lets the size validator name the
+#: flag and say why; no option of ``recipe`` starts with a digit, so nothing else changes.
+_NEGATIVE_NUMBER = re.compile(r"^-\.?[0-9]")
 
 
 def _bounded(name: str, lo: float, hi: float, why: str):  # type: ignore[no-untyped-def]
@@ -61,8 +74,11 @@ multiplier_value = _bounded("the width multiplier", 0.0, 1e6, "d_model / proxy d
 
 
 def positive_int(text: str) -> int:
-    value = size(text)
-    if value <= 0 or value != int(value):
+    try:
+        value = size(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer") from None
+    if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return int(value)
 
@@ -76,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p._negative_number_matcher = _NEGATIVE_NUMBER  # see _NEGATIVE_NUMBER
     p.add_argument("--params", type=size, required=True, help="model parameters N (e.g. 1B, 610M, 610e6)")
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--tokens", type=size, help="training tokens D (e.g. 20B, 48.5e9)")

@@ -62,10 +62,24 @@ def test_without_lr_gives_lambda_times_lr_from_power_lines(capsys):
     assert "lambda x LR" in text and "no LR given" in text
 
 
-def test_negative_size_is_a_one_line_error(capsys):
-    assert main(["recipe", "--params=-1B", "--tpp", "20"]) == 2
+@pytest.mark.parametrize(
+    ("argv", "flag", "value"),
+    [
+        (["--params", "-1B", "--tpp", "20"], "--params", "-1B"),  # was "expected one argument": read as a flag
+        (["--params=-1B", "--tpp", "20"], "--params", "-1B"),
+        (["--params", "1B", "--tokens", "-5e9"], "--tokens", "-5e9"),
+        (["--params", "1B", "--tpp", "-.5"], "--tpp", "-.5"),
+        (["--params", "0", "--tpp", "20"], "--params", "0"),
+        (["--params", "1B", "--tpp", "20", "--b-crit", "-1M", "1B"], "--b-crit", "-1M"),
+    ],
+)
+def test_negative_size_is_refused_naming_the_flag(argv, flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["recipe", *argv])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "params must be a positive" in err and "Traceback" not in err
+    assert f"argument {flag}: {value!r} must be a positive size" in err and "expected one argument" not in err
+    assert "Traceback" not in err
 
 
 def test_weight_decay_needs_an_lr(capsys):

@@ -30,9 +30,15 @@ def test_recipe_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_recipe_bad_input_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main("recipe --params 1e8 --tokens=-5e9 --lr 1e-3".split()) == 2
+    # a negative size is refused by the size parser (argparse usage error, exit 2), naming the flag
+    with pytest.raises(SystemExit) as exc:
+        main("recipe --params 1e8 --tokens=-5e9 --lr 1e-3".split())
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "tokens must be a positive" in err and "Traceback" not in err
+    assert "argument --tokens: '-5e9' must be a positive size" in err and "Traceback" not in err
+    # a value the parser passes but the recipe refuses is a one-line error too (batch > tokens)
+    assert main("recipe --params 1e8 --tokens 1e3 --lr 1e-3 --seq-len 2048 --batch-size 4".split()) == 2
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def _write(path: Path, steps: np.ndarray, losses: np.ndarray) -> Path:
