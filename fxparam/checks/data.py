@@ -129,7 +129,8 @@ def load_tokens(path: str | Path | None = None, *, tokenizer: Any = None) -> tor
             None reads bytes.
 
     Raises:
-        ConfigError: missing path, an unreadable file, too few tokens (< 1024), or a
+        ConfigError: missing path, an unreadable file, too few tokens (< 1024), negative ids, ids
+            beyond :data:`MAX_TOKEN_ID` (e.g. ``uint64`` values above the int64 range), or a
             ``datasets`` folder without ``datasets`` installed.
     """
     if isinstance(tokenizer, (str, Path)):
@@ -148,6 +149,9 @@ def load_tokens(path: str | Path | None = None, *, tokenizer: Any = None) -> tor
             arr = np.load(p, mmap_mode="r")
             if arr.ndim != 1 or arr.dtype.kind not in "iu":
                 raise ConfigError(f"--data {path}: a .npy token file holds a 1-D integer array, got {arr.dtype} {arr.shape}")
+            if arr.dtype.kind == "u" and arr.size and int(arr.max()) > MAX_TOKEN_ID:
+                # checked before the cast: uint64 ids above 2^63 - 1 would wrap to negative int64
+                raise ConfigError(_too_large(path, int(arr.max()), int(np.argmax(arr)), str(arr.dtype)))
             tokens = torch.from_numpy(np.array(arr, dtype=np.int64))
         elif p.suffix == ".bin":
             import numpy as np
@@ -168,8 +172,33 @@ def load_tokens(path: str | Path | None = None, *, tokenizer: Any = None) -> tor
     if tokens.numel() < 1024:
         raise ConfigError(f"--data {path}: only {tokens.numel()} tokens; need at least 1024")
     if int(tokens.min()) < 0:
-        raise ConfigError(f"--data {path}: negative token ids")
+        neg = int((tokens < 0).sum())
+        first = int(torch.nonzero(tokens < 0)[0, 0])
+        raise ConfigError(
+            f"--data {path}: {neg} negative token id(s) (the first, {int(tokens[first])}, at position {first}); "
+            "token ids are >= 0. A signed type too narrow for the vocabulary wraps large ids negative "
+            "(int16 holds ids < 32768): save the ids as uint16, int32 or int64"
+        )
+    if int(tokens.max()) > MAX_TOKEN_ID:
+        first = int(torch.argmax(tokens))
+        raise ConfigError(_too_large(path, int(tokens[first]), first, "int64"))
     return tokens
+
+
+#: The largest token id accepted: 2^31 - 1. The model's vocabulary is the largest id + 1 (an
+#: embedding table of that many rows); real vocabularies hold ~10^4 - 10^6 ids, so an id beyond
+#: the int32 range is not a token id but a misread file.
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def _too_large(path: object, value: int, position: int, dtype: str) -> str:
+    beyond = "beyond the int64 range (2^63 - 1) of token-id tensors and " if value > 2**63 - 1 else ""
+    return (
+        f"--data {path}: token id {value} ({dtype}, at position {position}) is {beyond}beyond any "
+        f"vocabulary (ids must be < 2^31; the vocabulary is the largest id + 1, an embedding table of that "
+        "many rows; real ones hold ~10^4 - 10^6 ids): the file is probably not token ids (hashes, or "
+        "another dtype's bytes); save the tokenizer's ids as a 1-D uint16/int32/int64 .npy array"
+    )
 
 
 def _load_dataset_dir(p: Path, tokenizer: Any) -> torch.Tensor:
@@ -325,6 +354,7 @@ class FixedBatches:
 
 
 __all__ = [
+    "MAX_TOKEN_ID",
     "ByteCorpus",
     "FixedBatches",
     "TokenCorpus",

@@ -155,3 +155,32 @@ def test_transfer_seeds_int_refused():
 
     with pytest.raises(ConfigError, match=r"seeds=range\(3\)"):
         transfer(model="gpt", sizes=[16, 32], params=["mup"], lrs=[2**-8], steps=1, seeds=3)
+
+
+def test_uint64_ids_beyond_int64_are_named_not_negative(tmp_path):
+    # 2^63 + 5 wraps to a negative int64: the message was "negative token ids", about a file with none
+    ids = np.arange(2048, dtype=np.uint64)
+    ids[100] = np.uint64(2**63 + 5)
+    np.save(tmp_path / "ids.npy", ids)
+    with pytest.raises(ConfigError) as exc:
+        load_tokens(tmp_path / "ids.npy")
+    msg = str(exc.value)
+    assert "negative" not in msg
+    assert f"token id {2**63 + 5} (uint64, at position 100)" in msg and "int64 range" in msg
+    assert "vocabulary" in msg
+    # ids within int64 but beyond any vocabulary (an embedding of 2^40 rows) are refused too
+    ids[100] = np.uint64(2**40)
+    np.save(tmp_path / "big.npy", ids)
+    with pytest.raises(ConfigError, match=r"token id 1099511627776 \(uint64, at position 100\) is beyond any vocabulary"):
+        load_tokens(tmp_path / "big.npy")
+    # control: uint64 ids of a real vocabulary size load unchanged
+    np.save(tmp_path / "ok.npy", np.arange(150_000, 152_048, dtype=np.uint64))
+    assert load_tokens(tmp_path / "ok.npy").tolist() == list(range(150_000, 152_048))
+
+
+def test_negative_ids_say_where_and_why(tmp_path):
+    ids = np.arange(2048, dtype=np.int64).astype(np.int16)
+    ids[7] = -3
+    np.save(tmp_path / "neg.npy", ids)
+    with pytest.raises(ConfigError, match=r"1 negative token id\(s\) \(the first, -3, at position 7\).*int16"):
+        load_tokens(tmp_path / "neg.npy")
