@@ -26,8 +26,14 @@ Each run is put on collapse axes: t_hat = step / total_steps and loss / L(T). A 
 divides by its final (smoothed) loss; a run whose last step is before its --total-steps is
 early-aligned to the reference over t_hat in [{ALIGN_WINDOW[0]}, {ALIGN_WINDOW[1]}], and that divisor is
 printed as its final-loss forecast. The reference (--ref, default the first run) must be complete.
-A run still training MUST get its planned total with --total-steps: without it the last logged
-step is taken as the end, and a partial run read as complete drifts from the reference by construction.
+
+horizon: a run still training needs its planned total with --total-steps ('-' states that a run's
+last logged step IS its end). A run given without --total-steps is tested both ways against the
+reference: read as complete (T = its last logged step) and read as the first part, t_hat in
+[0.2, 0.98], of a longer run (L(T) fitted). When the complete reading drifts (the alarm below)
+but a partial one collapses, the run looks unfinished and is refused (exit 2), naming the horizon
+that fits; a run that collapses as complete is accepted. The end slope cannot decide this: a
+decay-to-zero run falls fastest at its very end, so a run stopped halfway falls less steeply.
 
 noise: each log's own noise is estimated from it (median absolute second difference of log loss);
 the alarm fires when |residual| > threshold + z x (the residual's noise), z chosen so that a run
@@ -39,6 +45,7 @@ for any run (use it to gate CI), 2 on bad input.
 examples:
   fxparam collapse run1.csv run2.csv --ref small.csv --out collapse.png
   fxparam collapse big_partial.csv --ref small.csv --total-steps 200000
+  fxparam collapse done.csv partial.csv --ref small.csv --total-steps - 200000
   fxparam collapse wandb_export.csv --ref small.csv --column train/loss
 """
 
@@ -58,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--total-steps",
         nargs="+",
         metavar="N",
-        help="planned total steps of each run, in order ('-' = its last logged step; default: last step)",
+        help="planned total steps of each run, in order ('-' = its last logged step is its end; default: "
+        "the last logged step, refused when the run looks unfinished: see 'horizon' below)",
     )
     p.add_argument(
         "--ref-total-steps", type=float, help="planned total steps of the reference (default: last step)"
@@ -142,14 +150,37 @@ def _ref_columns(args: argparse.Namespace, ref_path: Path) -> dict[str, str | No
     return {"column": pick(args.ref_column, args.column), "step_column": pick(args.ref_step_column, args.step_column)}
 
 
+def _unfinished_message(found: list, threshold: float) -> str:  # list[UnfinishedRun | None]
+    """The refusal for runs without --total-steps that look unfinished, with the flag to give."""
+    lines = []
+    for u in found:
+        if u is None:
+            continue
+        lines.append(
+            f"run {u.name!r} looks unfinished: read as complete (T = its last logged step {u.last_step:g}) it "
+            f"drifts from the reference by {u.as_complete.max_abs:.3f} x L(T) (at t_hat {u.as_complete.t_at_max:.2f}), "
+            f"but read as the first {100 * u.fraction:.0f}% of a run of about {u.total_steps:,.0f} steps it "
+            f"collapses within {threshold:g} (max |r| {u.as_partial.max_abs:.4f})"
+        )
+    # three significant figures, written as an integer step count: 20031 -> 20000
+    suggestion = " ".join("-" if u is None else str(int(float(f"{u.total_steps:.3g}"))) for u in found)
+    return (
+        "; ".join(lines)
+        + f". Give each run's planned total steps, in order: --total-steps {suggestion} (the estimate; use the "
+        "planned value), or '-' for a run whose last logged step IS its end (it is then judged as complete)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Normalise, compare, print the residual table, plot; return 1 when the alarm fires."""
     from fxparam.recipes._collapse import (
         NormalisedCurve,
+        UnfinishedRun,
         collapse_plot,
         collapse_residual,
         normalise_curve,
         read_loss_csv,
+        unfinished_run,
     )
 
     if not 0 < args.false_alarm < 1:
@@ -162,8 +193,17 @@ def run(args: argparse.Namespace) -> int:
     )
     curves: list[NormalisedCurve] = []
     totals = _totals(args.total_steps, len(args.runs))
+    unfinished: list[UnfinishedRun | None] = []
     for path, total in zip(args.runs, totals, strict=True):
         steps, losses = read_loss_csv(path, **columns)
+        # no --total-steps at all: the horizon is unstated; test whether the run looks unfinished
+        unstated = args.total_steps is None and path.resolve() != ref_path.resolve()
+        unfinished.append(
+            unfinished_run(steps, losses, reference, threshold=args.threshold, t_min=args.t_min,
+                           smooth=args.smooth, false_alarm=args.false_alarm, name=path.stem)
+            if unstated
+            else None
+        )
         partial = total is not None and steps[-1] < total
         curves.append(
             normalise_curve(
@@ -176,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
                 name=path.stem,
             )
         )
+    if any(u is not None for u in unfinished):
+        raise RecipeError(_unfinished_message(unfinished, args.threshold))
     reports = [
         collapse_residual(c, reference, threshold=args.threshold, t_min=args.t_min, false_alarm=args.false_alarm)
         for c in curves
@@ -204,8 +246,8 @@ def run(args: argparse.Namespace) -> int:
         print("* L(T) forecast by early alignment to the reference (the run is partial)")
     if assumed:
         print(
-            f"T of {', '.join(str(n) for n in assumed)} = its last logged step (no --total-steps): "
-            "correct only for a finished run"
+            f"T of {', '.join(str(n) for n in assumed)} = its last logged step (no --total-steps; tested against "
+            "reading it as the first part of a longer run, see 'horizon' in --help)"
         )
     print(
         f"alarm when |r| > {args.threshold:g} + z x noise (z = {max(r.z for r in reports):.2f}: false-alarm "
@@ -223,8 +265,9 @@ def run(args: argparse.Namespace) -> int:
         unsure = [n for n in fired if n in assumed]
         if unsure:
             print(
-                f"note: {', '.join(str(n) for n in unsure)} had no --total-steps; if it is still training, give its "
-                "planned total steps (a partial run read as complete drifts by construction)"
+                f"note: {', '.join(str(n) for n in unsure)} had no --total-steps and does not collapse when read as "
+                "the first part of a longer run either (see 'horizon' in --help): a drift, not a horizon; if it is "
+                "still training, give its planned total steps anyway"
             )
         return EXIT_ALARM
     print(f"collapse ok: all runs within {args.threshold:g} x L(T) of the reference")

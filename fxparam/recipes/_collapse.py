@@ -405,6 +405,127 @@ def forecast_final_loss(
     return curve.divisor
 
 
+@dataclass(frozen=True)
+class UnfinishedRun:
+    """A run read as complete that drifts, but collapses when read as the first part of a longer run.
+
+    Attributes:
+        name: the run's label.
+        last_step: its last logged step (the ``T`` of the complete reading).
+        fraction: ``f``, the training fraction its last step is at under the best partial reading.
+        total_steps: the horizon that reading implies, ``last_step / f`` (an estimate: the run's
+            planned total is what the user must give).
+        as_complete: the residual report of the complete reading (it alarms).
+        as_partial: the report of the partial reading (it does not alarm).
+    """
+
+    name: str | None
+    last_step: float
+    fraction: float
+    total_steps: float
+    as_complete: CollapseReport = field(repr=False)
+    as_partial: CollapseReport = field(repr=False)
+
+
+def unfinished_run(
+    steps: npt.ArrayLike,
+    losses: npt.ArrayLike,
+    reference: NormalisedCurve,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    t_min: float = DEFAULT_T_MIN,
+    smooth: float = DEFAULT_SMOOTH,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
+    min_fraction: float = 0.2,
+    name: str | None = None,
+) -> UnfinishedRun | None:
+    """Whether a log given without its horizon looks like an unfinished run: a test of two readings.
+
+    A log's horizon ``T`` is not in the log. Read as complete (``T`` = last logged step, ``L(T)``
+    its final smoothed loss), a run that is still training is compared with the reference's end
+    while it is in the reference's middle, and drifts by construction. The loss's slope at the end
+    does not tell the two apart (a decay-to-zero run falls *fastest* at its end, so a run stopped
+    halfway falls *less* steeply on collapse axes than a finished one); the reference's whole shape
+    does. Both readings are tested against the reference (the collapse hypothesis, Scaling with
+    Collapse, arXiv 2509.25087): the complete one, and for each fraction ``f`` in
+    ``[min_fraction, 0.98]`` the partial one with ``T = last_step / f`` and ``L(T)`` least-squares
+    aligned to the reference over ``t_hat in [t_min, f]`` (:func:`normalise_curve`, ``align="early"``);
+    the ``f`` of least RMS residual is refined by golden section. The run looks unfinished when the
+    complete reading alarms and the best partial reading does not (same ``threshold`` and noise-aware
+    ``false_alarm`` as :func:`collapse_residual`). A complete run that collapses is never flagged; a
+    complete run that drifts is flagged only if it matches a truncated reference within the threshold
+    (e.g. a run with a much smaller tau, whose LR-decay drop is shallower): then only the user knows
+    which is true, and must say so.
+
+    Args:
+        steps, losses: the log (steps strictly increasing).
+        reference: a complete normalised reference run (same schedule shape, TPP, tau).
+        threshold, t_min, false_alarm: as in :func:`collapse_residual`.
+        smooth: as in :func:`normalise_curve`.
+        min_fraction: the earliest stop considered (a run logged to 20% of its horizon shares
+            little more than the initial power law with the reference).
+        name: a label.
+
+    Returns:
+        An :class:`UnfinishedRun` when the run looks unfinished, else None.
+
+    Raises:
+        RecipeError: bad logs (as :func:`normalise_curve`) or ``min_fraction`` outside ``(t_min, 1)``.
+
+    Example:
+        >>> t = np.linspace(0.002, 1, 500)
+        >>> ref = normalise_curve(1000 * t, (1 + 0.05 / (t + 0.02)) * (1 + 0.08 * (1 - t)), name="ref")
+        >>> half = t <= 0.5  # the first half of a 4000-step run of the same shape
+        >>> u = unfinished_run(4000 * t[half], 2 * (1 + 0.05 / (t[half] + 0.02)) * (1 + 0.08 * (1 - t[half])), ref)
+        >>> round(u.total_steps, -2)
+        4000.0
+    """
+    where = f"unfinished_run({name!r})" if name else "unfinished_run"
+    st = array_1d(steps, "steps", where, min_len=2)
+    fmin = number(min_fraction, "min_fraction", where)
+    if not t_min < fmin < 1:
+        raise RecipeError(f"{where}: min_fraction must lie in (t_min={t_min}, 1), got {min_fraction}")
+    kw = {"threshold": threshold, "t_min": t_min, "false_alarm": false_alarm}
+    complete = collapse_residual(normalise_curve(st, losses, smooth=smooth, name=name), reference, **kw)
+    if not complete.alarm:
+        return None
+    last = float(st[-1])
+
+    def partial(f: float) -> CollapseReport | None:
+        t = st / (last / f)
+        if int(((t >= t_min) & (t <= f)).sum()) < 3:
+            return None
+        try:
+            c = normalise_curve(st, losses, total_steps=last / f, align="early", reference=reference,
+                                window=(t_min, f), smooth=smooth, name=name)
+            return collapse_residual(c, reference, **kw)
+        except RecipeError:
+            return None
+
+    def rms(f: float) -> float:
+        rep = partial(f)
+        return math.inf if rep is None else rep.rms
+
+    grid = np.geomspace(fmin, 0.98, 60)
+    errs = [rms(float(f)) for f in grid]
+    i = int(np.argmin(errs))
+    if not math.isfinite(errs[i]):
+        return None
+    a, b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, grid.size - 1)])
+    for _ in range(30):
+        x1, x2 = b - 0.618 * (b - a), a + 0.618 * (b - a)
+        if rms(x1) <= rms(x2):
+            b = x2
+        else:
+            a = x1
+    f_best = (a + b) / 2
+    rep = partial(f_best)
+    if rep is None or rep.alarm:
+        return None
+    return UnfinishedRun(name=name, last_step=last, fraction=f_best, total_steps=last / f_best,
+                         as_complete=complete, as_partial=rep)
+
+
 def collapse_residual(
     curve: NormalisedCurve,
     reference: NormalisedCurve,

@@ -84,17 +84,94 @@ def test_ambiguous_or_missing_loss_column_is_a_one_line_error(tmp_path, capsys):
     assert "no column 'nope'" in capsys.readouterr().err
 
 
-def test_partial_run_without_total_steps_is_called_out(tmp_path, capsys):
+def test_partial_run_without_total_steps_is_refused(tmp_path, capsys):
     ref = write(tmp_path / "ref.csv", *noisy_run(3.2, 500, 0.003, seed=5))
     part = write(tmp_path / "part.csv", *noisy_run(2.4, 2000, 0.003, seed=6, stop=0.5))
-    assert main(["collapse", str(part), "--ref", str(ref)]) == 1  # read as complete: drifts
-    out = capsys.readouterr().out
-    assert "T of part = its last logged step" in out and "give its planned total steps" in out
+    assert main(["collapse", str(part), "--ref", str(ref)]) == 2  # was: read as complete, an ALARM
+    err = capsys.readouterr().err
+    assert "run 'part' looks unfinished" in err and "--total-steps" in err and "'-'" in err
     assert main(["collapse", str(part), "--ref", str(ref), "--total-steps", "2000"]) == 0
     out = capsys.readouterr().out
     assert "collapse ok" in out and "last logged step" not in out
     forecast = float(out.split("\npart")[1].split()[1].rstrip("*"))
     assert forecast == pytest.approx(2.4, rel=0.01)
+
+
+# --- the horizon of a run given without --total-steps (issue 17: "requires the horizon for a partial run") ---
+
+
+def d2z_loss(steps: np.ndarray, total: int, final: float) -> np.ndarray:
+    """A decay-to-zero loss curve written down independently of fxparam: a power law in the
+    training fraction plus a term proportional to the LR (10% linear warmup, then linear to zero),
+    scaled so that L(T) = ``final``."""
+
+    def g(t: np.ndarray) -> np.ndarray:
+        lr = np.where(t < 0.1, t / 0.1, (1 - t) / 0.9)
+        return 1 + 0.5 * (1 + 40 * t) ** -0.6 + 0.12 * lr
+
+    return final * g(steps / total) / g(np.array([1.0]))[0]
+
+
+def d2z_csv(path: Path, total: int, final: float, *, stop: float = 1.0, seed: int = 0) -> Path:
+    steps = np.arange(total // 500, total + 1, total // 500)
+    loss = d2z_loss(steps, total, final) * (1 + 0.003 * np.random.default_rng(seed).standard_normal(steps.size))
+    keep = steps <= stop * total
+    return write(path, steps[keep], loss[keep])
+
+
+def test_truncated_d2z_curve_is_refused_and_accepted_with_its_horizon(tmp_path, capsys):
+    ref = d2z_csv(tmp_path / "small.csv", 2000, 3.2, seed=1)
+    half = d2z_csv(tmp_path / "big.csv", 20000, 2.4, stop=0.5, seed=2)  # the first 50% of a 20,000-step run
+    assert main(["collapse", str(half), "--ref", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "run 'big' looks unfinished" in err and "Traceback" not in err
+    # the horizon it names is the one the curve was cut from (the shape pins it: 19,900 - 23,200
+    # over 10 noise seeds)
+    suggested = int(err.split("--total-steps ")[1].split()[0])
+    assert 16000 <= suggested <= 25000
+    # with its horizon it is accepted, and collapses; the forecast L(T) is the true final loss
+    assert main(["collapse", str(half), "--ref", str(ref), "--total-steps", "20000"]) == 0
+    out = capsys.readouterr().out
+    assert "collapse ok" in out
+    assert float(out.split("\nbig")[1].split()[1].rstrip("*")) == pytest.approx(2.4, rel=0.01)
+    # '-' states that its last logged step is its end: then it is judged as complete, and drifts
+    assert main(["collapse", str(half), "--ref", str(ref), "--total-steps", "-"]) == 1
+    assert "ALARM" in capsys.readouterr().out
+
+
+def test_complete_runs_without_total_steps_keep_working(tmp_path, capsys):
+    ref = d2z_csv(tmp_path / "small.csv", 2000, 3.2, seed=1)
+    full = d2z_csv(tmp_path / "full.csv", 20000, 2.4, seed=3)
+    assert main(["collapse", str(full), "--ref", str(ref)]) == 0
+    out = capsys.readouterr().out
+    assert "collapse ok" in out and "looks unfinished" not in out
+
+
+def test_a_drifting_complete_run_is_an_alarm_not_a_horizon(tmp_path, capsys):
+    # negative control: a complete run whose LR-term is 3x the reference's (a larger tau) drifts;
+    # no truncation of the reference matches its steeper end, so it is an ALARM (exit 1), not a refusal
+    ref = d2z_csv(tmp_path / "small.csv", 2000, 3.2, seed=1)
+    steps = np.arange(40, 20001, 40)
+
+    def g(t: np.ndarray) -> np.ndarray:
+        lr = np.where(t < 0.1, t / 0.1, (1 - t) / 0.9)
+        return 1 + 0.5 * (1 + 40 * t) ** -0.6 + 0.36 * lr
+
+    drift = write(tmp_path / "drift.csv", steps, 2.4 * g(steps / 20000))
+    assert main(["collapse", str(drift), "--ref", str(ref)]) == 1
+    out = capsys.readouterr().out
+    assert "ALARM: drift" in out and "a drift, not a horizon" in out
+
+
+def test_several_runs_get_one_suggested_total_steps_list(tmp_path, capsys):
+    ref = d2z_csv(tmp_path / "small.csv", 2000, 3.2, seed=1)
+    full = d2z_csv(tmp_path / "full.csv", 6000, 2.8, seed=4)
+    half = d2z_csv(tmp_path / "half.csv", 20000, 2.4, stop=0.5, seed=2)
+    assert main(["collapse", str(full), str(half), "--ref", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "'half' looks unfinished" in err and "'full'" not in err
+    values = err.split("--total-steps ")[1].split()[:2]
+    assert values[0] == "-" and 16000 <= int(values[1]) <= 25000
 
 
 def test_partial_plot_keeps_the_reference_visible(tmp_path, monkeypatch):
