@@ -9,9 +9,12 @@ Model options (``heads``, ``head_dim``, ``vocab``, ``seq_len``, ``mlp``, ``norm`
 refused with a :class:`~fxparam.errors.ConfigError` naming the option -- never silently dropped:
 
 - ``gpt``: fields of :class:`fxparam.models.GPTConfig`;
-- ``hf:<arch>``: mapped onto the architecture's config fields (``heads`` -> ``num_attention_heads``,
+- ``hf:<arch>`` (``gpt2``, ``llama``, ``gpt_neox``, ``bert``, ``mistral``, ``qwen2``, ``mixtral``;
+  ``t5`` is refused, naming why): mapped onto the architecture's config fields (``heads`` ->
+  ``num_attention_heads``, and key/value heads keeping grouped-query attention's grouping;
   ``vocab`` -> ``vocab_size``, ...); an option the architecture fixes (Llama's SwiGLU, RMSNorm and
-  RoPE) is accepted when it names what the architecture already is and refused otherwise;
+  RoPE; Qwen2's q/k/v biases; Mixtral's SwiGLU experts) is accepted when it names what the
+  architecture already is and refused otherwise;
 - ``module.path:factory``: passed as keyword arguments when the factory accepts them.
 
 ``module.path`` is imported with the current directory on ``sys.path`` (so ``mymodel:make``
@@ -82,18 +85,32 @@ def _gpt_factory(options: dict[str, Any]) -> ModelFactory:
 
 
 #: What each Hugging Face architecture fixes: (mlp, norm, pos), fields for heads / kv heads,
-#: positions, and which boolean options it has a config field for.
+#: positions, and which boolean options it has a config field for. ``heads``: the query-head field
+#: first, then key/value heads set equal to it (multi-head attention); ``kv_heads``: a key/value head
+#: field that keeps the small config's grouping (grouped-query attention: query heads per kv head
+#: fixed); ``head_dim``: a config field for the head dim, set to width / heads; ``bias``: None = the
+#: architecture has biases and no switch, () = it has none (``--no-bias`` holds already), else the
+#: switches.
 _HF_FIXED: dict[str, dict[str, Any]] = {
     "gpt2": {"mlp": "gelu", "norm": "layernorm", "pos": "learned", "heads": ("n_head",),
              "positions": "n_positions", "parallel_residual": None, "bias": None},
     "llama": {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope",
               "heads": ("num_attention_heads", "num_key_value_heads"), "positions": "max_position_embeddings",
-              "parallel_residual": None, "bias": ("attention_bias", "mlp_bias")},
+              "parallel_residual": None, "bias": ("attention_bias", "mlp_bias"), "head_dim": "head_dim"},
     "gpt_neox": {"mlp": "gelu", "norm": "layernorm", "pos": "rope", "heads": ("num_attention_heads",),
                  "positions": "max_position_embeddings", "parallel_residual": "use_parallel_residual",
                  "bias": None},
     "bert": {"mlp": "gelu", "norm": "layernorm", "pos": "learned", "heads": ("num_attention_heads",),
              "positions": "max_position_embeddings", "parallel_residual": None, "bias": None},
+    "mistral": {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "heads": ("num_attention_heads",),
+                "kv_heads": "num_key_value_heads", "positions": "max_position_embeddings",
+                "parallel_residual": None, "bias": (), "head_dim": "head_dim"},
+    "qwen2": {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "heads": ("num_attention_heads",),
+              "kv_heads": "num_key_value_heads", "positions": "max_position_embeddings",
+              "parallel_residual": None, "bias": None},  # q/k/v biases are part of the architecture
+    "mixtral": {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "heads": ("num_attention_heads",),
+                "kv_heads": "num_key_value_heads", "positions": "max_position_embeddings",
+                "parallel_residual": None, "bias": (), "head_dim": "head_dim"},  # mlp: each expert's
 }
 
 
@@ -110,9 +127,7 @@ def hf_overrides(arch: str, options: dict[str, Any]) -> dict[str, Any]:
     """
     from fxparam.models import hf
 
-    name = hf._ALIASES.get(arch, arch)
-    if name not in _HF_FIXED:
-        raise ConfigError(f"unknown Hugging Face architecture {arch!r}; choose one of {hf.architectures()}")
+    name = hf.check_architecture(arch)  # unknown, or refused with the reason (hf:t5)
     fixed = _HF_FIXED[name]
     out: dict[str, Any] = {}
     for key, value in options.items():
@@ -135,6 +150,10 @@ def hf_overrides(arch: str, options: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"hf:{arch}: --parallel-residual is not available for this architecture")
             out[fixed["parallel_residual"]] = bool(value)
         elif key == "bias":
+            if fixed["bias"] == ():  # a bias-free architecture: --no-bias holds already, biases cannot be added
+                if value:
+                    raise ConfigError(f"hf:{arch}: bias=True is not available: this architecture has no biases")
+                continue
             if value:
                 continue
             if fixed["bias"] is None:
@@ -148,7 +167,7 @@ def hf_overrides(arch: str, options: dict[str, Any]) -> dict[str, Any]:
 def _hf_factory(arch: str, options: dict[str, Any]) -> ModelFactory:
     from fxparam.models import hf
 
-    name = hf._ALIASES.get(arch, arch)
+    name = hf.check_architecture(arch)
     extra = hf_overrides(arch, options)  # refuses options the architecture cannot express, up front
     heads, head_dim = options.get("heads"), options.get("head_dim")
     if heads is not None and head_dim is not None:
@@ -176,8 +195,17 @@ def _hf_factory(arch: str, options: dict[str, Any]) -> ModelFactory:
             raise ConfigError(f"hf:{arch}: width {w} is not divisible into {n_heads} heads")
         for f in heads_fields:
             overrides[f] = n_heads
-        if name == "llama":
-            overrides["head_dim"] = w // n_heads
+        kv_field = _HF_FIXED[name].get("kv_heads")
+        if kv_field is not None:  # grouped-query attention: keep the query heads per key/value head
+            group = getattr(base, heads_fields[0]) // getattr(base, kv_field)
+            if n_heads % group:
+                raise ConfigError(
+                    f"hf:{arch}: {n_heads} heads cannot keep the architecture's grouped-query attention "
+                    f"({group} query heads per key/value head); give --heads a multiple of {group}"
+                )
+            overrides[kv_field] = n_heads // group
+        if _HF_FIXED[name].get("head_dim"):
+            overrides[_HF_FIXED[name]["head_dim"]] = w // n_heads
         if width is not None:
             overrides[fields[0]] = width
             for f in fields[1:]:
@@ -304,6 +332,6 @@ def resolve(spec: str, **options: Any) -> ModelFactory:
     if ":" in spec:
         return _user_factory(spec, options)
     raise ConfigError(
-        f"unknown model {spec!r}: use 'gpt', 'hf:<arch>' (gpt2, llama, gpt_neox, bert), "
+        f"unknown model {spec!r}: use 'gpt', 'hf:<arch>' (gpt2, llama, gpt_neox, bert, mistral, qwen2, mixtral), "
         "'module.path:factory' or 'path/to/file.py:factory'"
     )

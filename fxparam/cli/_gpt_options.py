@@ -10,7 +10,8 @@ def add_model_options(p: argparse.ArgumentParser, *, sweep: bool = False) -> Non
     p.add_argument(
         "--model",
         default="gpt",
-        help="'gpt' (built-in), 'hf:<arch>' (gpt2, llama, gpt_neox, bert) or 'module.path:factory'",
+        help="'gpt' (built-in), 'hf:<arch>' (gpt2, llama, gpt_neox, bert, mistral, qwen2, mixtral) or "
+        "'module.path:factory'",
     )
     if not sweep:
         p.add_argument("--width", type=int, default=None, help="GPT width (d_model)")
