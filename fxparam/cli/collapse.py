@@ -29,11 +29,12 @@ printed as its final-loss forecast. The reference (--ref, default the first run)
 
 horizon: a run still training needs its planned total with --total-steps ('-' states that a run's
 last logged step IS its end). A run given without --total-steps is tested both ways against the
-reference: read as complete (T = its last logged step) and read as the first part, t_hat in
-[0.2, 0.98], of a longer run (L(T) fitted). When the complete reading drifts (the alarm below)
-but a partial one collapses, the run looks unfinished and is refused (exit 2), naming the horizon
-that fits; a run that collapses as complete is accepted. The end slope cannot decide this: a
-decay-to-zero run falls fastest at its very end, so a run stopped halfway falls less steeply.
+reference: read as complete (T = its last logged step; L(T) its final loss, and L(T) fitted) and
+read as the first part, t_hat in [0.2, 0.95], of a longer run (L(T) fitted). When every complete
+reading drifts (the alarm below) but a partial one collapses, the run looks unfinished and is
+refused (exit 2), naming the horizon that fits; a run that collapses as complete is accepted, and
+one that fits no horizon is an ALARM. The end slope cannot decide this: a decay-to-zero run falls
+fastest at its very end, so a run stopped halfway falls less steeply than a finished one.
 
 noise: each log's own noise is estimated from it (median absolute second difference of log loss);
 the alarm fires when |residual| > threshold + z x (the residual's noise), z chosen so that a run
@@ -265,8 +266,8 @@ def run(args: argparse.Namespace) -> int:
         unsure = [n for n in fired if n in assumed]
         if unsure:
             print(
-                f"note: {', '.join(str(n) for n in unsure)} had no --total-steps and does not collapse when read as "
-                "the first part of a longer run either (see 'horizon' in --help): a drift, not a horizon; if it is "
+                f"note: {', '.join(str(n) for n in unsure)} had no --total-steps and was read as complete; reading it "
+                "as the first part of a longer run does not explain the drift (see 'horizon' in --help); if it is "
                 "still training, give its planned total steps anyway"
             )
         return EXIT_ALARM

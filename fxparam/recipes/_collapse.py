@@ -405,6 +405,11 @@ def forecast_final_loss(
     return curve.divisor
 
 
+#: The latest stop :func:`unfinished_run` considers: a horizon within ~5% of the last logged step is
+#: not told apart from a drift at the end (the fitted L(T) absorbs either).
+MAX_FRACTION = 0.95
+
+
 @dataclass(frozen=True)
 class UnfinishedRun:
     """A run read as complete that drifts, but collapses when read as the first part of a longer run.
@@ -412,7 +417,8 @@ class UnfinishedRun:
     Attributes:
         name: the run's label.
         last_step: its last logged step (the ``T`` of the complete reading).
-        fraction: ``f``, the training fraction its last step is at under the best partial reading.
+        fraction: ``f``, the training fraction its last step is at under the best partial reading
+            (at most :data:`MAX_FRACTION`).
         total_steps: the horizon that reading implies, ``last_step / f`` (an estimate: the run's
             planned total is what the user must give).
         as_complete: the residual report of the complete reading (it alarms).
@@ -448,11 +454,13 @@ def unfinished_run(
     halfway falls *less* steeply on collapse axes than a finished one); the reference's whole shape
     does. Both readings are tested against the reference (the collapse hypothesis, Scaling with
     Collapse, arXiv 2509.25087): the complete one, and for each fraction ``f`` in
-    ``[min_fraction, 0.98]`` the partial one with ``T = last_step / f`` and ``L(T)`` least-squares
-    aligned to the reference over ``t_hat in [t_min, f]`` (:func:`normalise_curve`, ``align="early"``);
-    the ``f`` of least RMS residual is refined by golden section. The run looks unfinished when the
-    complete reading alarms and the best partial reading does not (same ``threshold`` and noise-aware
-    ``false_alarm`` as :func:`collapse_residual`). A complete run that collapses is never flagged; a
+    ``[min_fraction, MAX_FRACTION]`` the partial one with ``T = last_step / f`` and ``L(T)``
+    least-squares aligned to the reference over ``t_hat in [t_min, f]`` (:func:`normalise_curve`,
+    ``align="early"``); the ``f`` of least RMS residual is refined by golden section. The run looks
+    unfinished when the complete reading alarms, with its final loss as ``L(T)`` and with ``L(T)``
+    fitted the same way (``f = 1``: a drift at the end is not blamed on the horizon), and the best
+    partial reading does not alarm (same ``threshold`` and noise-aware ``false_alarm`` as
+    :func:`collapse_residual`). A complete run that collapses is never flagged; a
     complete run that drifts is flagged only if it matches a truncated reference within the threshold
     (e.g. a run with a much smaller tau, whose LR-decay drop is shallower): then only the user knows
     which is true, and must say so.
@@ -506,7 +514,13 @@ def unfinished_run(
         rep = partial(f)
         return math.inf if rep is None else rep.rms
 
-    grid = np.geomspace(fmin, 0.98, 60)
+    # the partial reading fits L(T) over the whole log, a freedom the complete reading (L(T) = its final
+    # loss) lacks: a drift near the end can hide in it. So the complete reading gets the same freedom
+    # (f = 1, L(T) fitted); when that collapses, the horizon is not what is wrong: no refusal.
+    at_end = partial(1.0)
+    if at_end is None or not at_end.alarm:
+        return None
+    grid = np.geomspace(fmin, MAX_FRACTION, 60)
     errs = [rms(float(f)) for f in grid]
     i = int(np.argmin(errs))
     if not math.isfinite(errs[i]):
