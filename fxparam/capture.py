@@ -160,6 +160,8 @@ def default_example_inputs(model: nn.Module) -> tuple[tuple, dict]:
         if "input_ids" not in params:  # nanoGPT-style forward(idx, targets=None)
             return (ids,), {}
         kwargs: dict[str, Any] = {"input_ids": ids}
+        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+            kwargs["decoder_input_ids"] = ids  # T5, BART...: the decoder needs its own ids
         if "use_cache" in params:
             kwargs["use_cache"] = False
         return (), kwargs

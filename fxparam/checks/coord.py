@@ -414,6 +414,12 @@ class _Recorder:
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Next-token cross-entropy for models returning logits, (logits, ...) or an HF output."""
     x, y = batch
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ConfigError(
+            f"lm_loss: {type(model).__name__} is an encoder-decoder: a next-token loss on one stream would show its "
+            "encoder the targets; pass loss_fn=... (e.g. encoder on the first half of each sequence, decoder "
+            "predicting the second half from decoder_input_ids)"
+        )
     try:
         out = model(x)
     except IndexError as exc:  # an embedding lookup past the table: the data's ids do not fit the model
@@ -539,12 +545,19 @@ def _inspect(model: nn.Module, data: Any) -> fxparam.Analysis:
         inputs = data[0] if isinstance(data, (tuple, list)) and data else None
         if not isinstance(inputs, torch.Tensor) or "example inputs" not in str(exc):
             raise
-        return fxparam.inspect(model, example_inputs(data))
+        return fxparam.inspect(model, example_inputs(data, model))
 
 
-def example_inputs(data: Any) -> tuple[torch.Tensor]:
-    """Two sequences of the check's batch: example inputs for models fxparam cannot make them for."""
-    return (data[0][:2],)
+def example_inputs(data: Any, model: nn.Module | None = None) -> tuple[torch.Tensor] | dict[str, torch.Tensor]:
+    """Two sequences of the check's batch: example inputs for models fxparam cannot make them for.
+
+    For an encoder-decoder (an HF config with ``is_encoder_decoder``: T5, BART) a dict that
+    gives the decoder the same ids (``decoder_input_ids``): its forward needs both.
+    """
+    ids = data[0][:2]
+    if model is not None and getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return {"input_ids": ids, "decoder_input_ids": ids}
+    return (ids,)
 
 
 def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, loss_fn, plan_optimizer,
@@ -557,10 +570,11 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     if "analysis" not in cache:
         cache["analysis"] = _inspect(model, data)
         # the check's own inputs for the lowering's self-check (the model runs on them anyway)
-        cache["example"] = example_inputs(data)
+        cache["example"] = example_inputs(data, model)
         try:  # ids past the model's vocabulary: one clear error, before the lowering probes the forward
             with torch.no_grad():
-                model(*cache["example"])
+                ex = cache["example"]
+                model(**ex) if isinstance(ex, dict) else model(*ex)
         except IndexError as exc:
             raise ConfigError(
                 f"coord_check: the model failed on token ids up to {int(data[0].max())} ({exc}): they are outside "

@@ -425,6 +425,10 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
                 report.notes.append(f"{name}: no SDPA call seen (hand-written or fused attention); scale checked "
                                     "on module state only")
             continue
+        if site.kind != "sdpa":  # scale applied by hand before SDPA (OPT: q * scaling, then SDPA(scale=1.0))
+            report.notes.append(f"{name}: logit scale applied outside SDPA (attribute {site.attr!r}), SDPA called "
+                                f"with scale {calls[0]:.6g}; scale checked on module state")
+            continue
         bad = [s for s in calls if not _close(s, site.scale, 1e-6)]
         report.checks.append(SiteCheck(
             site=name, kind="attention", planned=site.scale, realized=bad[0] if bad else calls[0], how="probe",
