@@ -103,10 +103,16 @@ def analyse(
         notes += _factorised_readouts(params, width)
     warn_unclassified(notes)
     emb_modules = {_module_of(a) for a, i in skel_info.items() if i["role"] == "embedding"}
-    found = width_constants(mg, model, width, emb_modules, second)
+    skeleton_sites = sf.attention_sites()  # first: its scaling ops are the attention rule's, not width constants
+    found = width_constants(mg, model, width, emb_modules, second, exclude=sf.attention_scale_nodes)
     notes += warn_constants(found)
-    constants = [WidthConstant(module=c.module, value=c.value, exponent=c.exponent or 0.0, scales=c.scales,
-                               evidence=c.evidence) for c in found]
+    constants = []
+    for c in found:  # the last captured block stands for the blocks past it: one constant per real module
+        reals = cap.real_names(c.scales) if c.scales else [None]
+        owners = cap.real_names(c.module) if c.module else [c.module]
+        owners = owners if len(owners) == len(reals) else [c.module] * len(reals)
+        constants += [WidthConstant(module=o, value=c.value, exponent=c.exponent or 0.0, scales=r, on=c.on,
+                                    evidence=c.evidence) for o, r in zip(owners, reals, strict=True)]
 
     residuals: list[ResidualSite] = []
     blocks: list[str] = []
@@ -135,7 +141,6 @@ def analyse(
     stream_depths = [len(applied[s]) for s in sorted(applied)]
 
     attention: list[AttentionSite] = []
-    skeleton_sites = sf.attention_sites()
     skeleton_scale = {a.module: a.scale for a in skeleton_sites}
     for a in skeleton_sites:
         # capture keeps 2 blocks: a scale held in no attribute that differs between them (a per-layer

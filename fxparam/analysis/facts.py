@@ -108,8 +108,11 @@ class WidthConstant(_Fact):
         module: FQN of the module whose forward applies it ("" for the root).
         value: its value at this width.
         exponent: k in value ~ width^k.
-        scales: the embedding module whose output it (only) scales; muP divides it out there
-            with a multiplier m_d^-k.  None: not corrected (a warning and a note say so).
+        scales: the module where muP divides it out with a multiplier m_d^-k: the module whose
+            output it (only) scales (an embedding, a norm) or, with ``on="input"``, the module
+            whose input is (only) its result (a readout fed ``h * d**-0.5``).  None: not corrected
+            (a warning and a note say so).
+        on: "output" or "input" of ``scales``.
         evidence: the two values from a second build, or the power of the width it equals.
     """
 
@@ -117,6 +120,7 @@ class WidthConstant(_Fact):
     value: float
     exponent: float
     scales: str | None = None
+    on: Literal["output", "input"] = "output"
     evidence: str = ""
 
 

@@ -95,8 +95,10 @@ class FoundConstant:
     module: str  # owner of the scaling op
     value: float
     exponent: float | None  # c ~ width^exponent
-    scales: str | None  # module whose output (only) this constant scales, when it is an embedding
+    scales: str | None  # module where it is divided out (its output, or its input when on == "input")
     evidence: str
+    on: str = "output"
+    confirmed: bool = False  # seen changing in a second build (else: equal to a power of the width)
 
 
 def scalar_constants(mg: ModelGraph, model: nn.Module) -> dict[str, tuple[float, str]]:
@@ -130,25 +132,31 @@ def scalar_constants(mg: ModelGraph, model: nn.Module) -> dict[str, tuple[float,
 
 def width_constants(
     mg: ModelGraph, model: nn.Module, width: int | None, embedding_modules: set[str],
-    second: tuple[ModelGraph, nn.Module, int] | None = None,
+    second: tuple[ModelGraph, nn.Module, int] | None = None, exclude: set[str] = frozenset(),
 ) -> list[FoundConstant]:
-    """Constants in the forward that change with width (see module docstring)."""
+    """Constants in the forward that change with width (see module docstring).
+
+    ``exclude``: scaling nodes that are attention logit scales (the attention rule owns them).
+    Constants applied to a reduction over the width (``sum / d``, ``norm * d**-0.5``) are means
+    and RMS values, invariant by construction: never reported.
+    """
     if not width:
         return []
     found: list[FoundConstant] = []
     mine = scalar_constants(mg, model)
     theirs = scalar_constants(second[0], second[1]) if second is not None else {}
     for node, (value, operand) in mine.items():
-        if abs(value - 1.0) < 1e-12:
+        if abs(value - 1.0) < 1e-12 or node in exclude or _is_reduction(mg, operand):
             continue
         exponent = None
         evidence = ""
-        if second is not None and node in theirs:
+        confirmed = second is not None and node in theirs
+        if confirmed:
             v2 = theirs[node][0]
             if v2 != value and v2 * value > 0:
                 exponent = math.log(v2 / value) / math.log(second[2] / width)
                 evidence = f"{value:.4g} at width {width}, {v2:.4g} at width {second[2]}"
-        elif second is None or node not in theirs:
+        else:
             for k in _POWERS:
                 if math.isclose(value, width**k, rel_tol=1e-4):
                     exponent = k
@@ -157,12 +165,73 @@ def width_constants(
                     break
         if exponent is None or abs(exponent) < 1e-6:
             continue
-        scales = _embedding_scaled(mg, operand, node, embedding_modules)
-        if scales is None and (second is None or node not in theirs):
-            continue  # away from an embedding, only a second build is evidence enough (no false alarms)
+        scales, on = _embedding_scaled(mg, operand, node, embedding_modules), "output"
+        if scales is None and confirmed:
+            # divided out where it enters or leaves a module that it alone feeds / is fed by
+            scales, on = _consumer_module(mg, node), "input"
+            if scales is None:
+                scales, on = _producer_module(mg, operand, node), "output"
         found.append(FoundConstant(node=node, module=mg.owner.get(node, ""), value=value,
-                                   exponent=round(exponent, 4), scales=scales, evidence=evidence))
+                                   exponent=round(exponent, 4), scales=scales, evidence=evidence, on=on,
+                                   confirmed=confirmed))
     return found
+
+
+_REDUCTIONS = {"aten.sum.dim_IntList", "aten.sum.default", "aten.linalg_vector_norm.default",
+               "aten.norm.ScalarOpt_dim", "aten.norm.Scalar"}
+
+
+def _is_reduction(mg: ModelGraph, operand: str) -> bool:
+    cur = operand
+    while mg.target(cur) in _PASS:
+        args = mg.tensor_args(cur)
+        if len(args) != 1:
+            return False
+        cur = args[0]
+    return mg.target(cur) in _REDUCTIONS
+
+
+def _leaf_called_once(mg: ModelGraph, fqn: str) -> bool:
+    """A module with no children whose every parameter is read by exactly one op (one call)."""
+    mod = mg.capture.modules.get(fqn)
+    if not fqn or mod is None or any(True for _ in mod.children()):
+        return False
+    pnodes = [p for p, name in mg.param_of.items() if name.rsplit(".", 1)[0] == fqn and p in mg.g]
+    return bool(pnodes) and all(len(list(mg.g.successors(p))) == 1 for p in pnodes)
+
+
+def _consumer_module(mg: ModelGraph, op: str) -> str | None:
+    """The leaf module whose only input is the result of ``op`` (through views): an input multiplier
+    there replaces the constant c by c * m_d^-k exactly, whatever the module computes."""
+    frontier, consumers = [op], set()
+    while frontier:
+        n = frontier.pop()
+        for nxt in mg.g.successors(n):
+            owner = mg.owner.get(nxt, "")
+            if owner != mg.owner.get(op, "") and owner:
+                consumers.add(owner)
+            elif mg.target(nxt) in _PASS:
+                frontier.append(nxt)
+            else:
+                return None  # used outside a module too
+    if len(consumers) != 1:
+        return None
+    (fqn,) = consumers
+    return fqn if _leaf_called_once(mg, fqn) else None
+
+
+def _producer_module(mg: ModelGraph, operand: str, op: str) -> str | None:
+    """The leaf module (called once) whose output is ``operand`` and feeds nothing but ``op``."""
+    cur = operand
+    while mg.target(cur) in _PASS:
+        args = mg.tensor_args(cur)
+        if len(args) != 1:
+            return None
+        cur = args[0]
+    fqn = mg.owner.get(cur, "")
+    if not _leaf_called_once(mg, fqn) or fqn == mg.owner.get(op, ""):
+        return None
+    return fqn if _feeds_only(mg, cur, op) else None
 
 
 def _embedding_scaled(mg: ModelGraph, operand: str, op: str, embedding_modules: set[str]) -> str | None:
@@ -176,7 +245,11 @@ def _embedding_scaled(mg: ModelGraph, operand: str, op: str, embedding_modules: 
     module = mg.owner.get(cur, "")
     if module not in embedding_modules:
         return None
-    # the embedding's value must reach nothing but this scaling op
+    return module if _feeds_only(mg, cur, op) else None
+
+
+def _feeds_only(mg: ModelGraph, cur: str, op: str) -> bool:
+    """``cur``'s value reaches nothing but ``op`` (through views, casts and asserts)."""
     stack, seen = [cur], {cur}
     while stack:
         n = stack.pop()
@@ -187,20 +260,27 @@ def _embedding_scaled(mg: ModelGraph, operand: str, op: str, embedding_modules: 
                 seen.add(nxt)
                 stack.append(nxt)
                 continue
-            return None
-    return module
+            return False
+    return True
 
 
 def warn_constants(found: list[FoundConstant]) -> list[str]:
     notes = []
     for c in found:
+        where = f"the {'input' if c.on == 'input' else 'output'} of {c.scales}"
         if c.scales:
-            notes.append(f"width-dependent constant x{c.value:.4g} on the output of {c.scales} ({c.evidence}): "
-                         f"muP divides it out with a multiplier m_d^{-c.exponent:g} on {c.scales}")
-        else:
+            notes.append(f"width-dependent constant x{c.value:.4g} on {where} ({c.evidence}): "
+                         f"muP divides it out with a multiplier m_d^{-c.exponent:g} on {where}")
+            continue
+        if c.confirmed:
             msg = (f"width-dependent constant x{c.value:.4g} in {c.module or '<root>'} ({c.evidence}): it grows like "
-                   f"m_d^{c.exponent:g} and fxparam does not correct it; move it into a module or remove it from "
-                   "forward (muP assumes width-independent forward constants)")
-            notes.append(msg)
-            warnings.warn(msg, WidthConstantWarning, stacklevel=4)
+                   f"m_d^{c.exponent:g} and fxparam does not correct it (no module that it alone feeds or is fed by); "
+                   "move it into a module or remove it from forward (muP assumes width-independent forward constants)")
+        else:
+            msg = (f"constant x{c.value:.4g} in {c.module or '<root>'} ({c.evidence}) equals a power of the width: if it "
+                   f"changes with width (grows like m_d^{c.exponent:g}), muP's multipliers are off by that factor. Pass "
+                   "rebuild=make(width) (rebuild=True for the reference GPT / HF models): a second build confirms it "
+                   "and fxparam divides it out where it can; if it is fixed, ignore this warning")
+        notes.append(msg)
+        warnings.warn(msg, WidthConstantWarning, stacklevel=4)
     return notes

@@ -134,6 +134,7 @@ class StructureFinder:
             if inp in self.g:
                 self.data |= nx.descendants(self.g, inp) | {inp}
         self.sites = self._residual_sites()
+        self.attention_scale_nodes: set[str] = set()  # scaling ops of found attention logits (attention_sites)
         self.in_branch: set[str] = set()
         for site in self.sites:
             self.in_branch |= self._between(site.skip, site.branch_nodes)
@@ -601,6 +602,7 @@ class StructureFinder:
             if scaled is not None:
                 if scaled[1] is None:
                     return None
+                self.attention_scale_nodes.add(n)
                 factor *= scaled[1]
                 n = scaled[0]
                 continue
@@ -613,6 +615,7 @@ class StructureFinder:
 
     def _manual_attention(self, softmax: str) -> tuple[int, float | None] | None:
         scale: float | None = 1.0
+        scale_nodes: list[str] = []  # kept only if this softmax turns out to be over q.k
         cur = self.mg.tensor_args(softmax)[0]
         for _ in range(32):
             t = self.mg.target(cur)
@@ -625,6 +628,7 @@ class StructureFinder:
                 shape = self.mg.shape(a)
                 head_dim = shape[-1] if shape else 0
                 alpha = float(node.kwargs.get("alpha", 1.0)) if t in ALPHA_MATMUL_OPS else 1.0
+                self.attention_scale_nodes.update(scale_nodes)
                 fa, fb = self._fold(a), self._fold(b)
                 if scale is None or fa is None or fb is None:
                     return head_dim, None
@@ -634,6 +638,7 @@ class StructureFinder:
             scaled = self._scalar_factor(cur)
             if scaled is not None:
                 scale = None if scale is None or scaled[1] is None else scale * scaled[1]
+                scale_nodes.append(cur)
                 cur = scaled[0]
                 continue
             args = self._data_args(cur)

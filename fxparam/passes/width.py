@@ -71,7 +71,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
     plan.notes.extend(n for n in analysis.notes if n not in plan.notes)
     for wc in analysis.width_constants:  # x sqrt(d) on an embedding inside forward: divided out (issue 13)
         if wc.scales:
-            plan.multiply(wc.scales, m_d**-wc.exponent)
+            plan.multiply(wc.scales, m_d**-wc.exponent, on=wc.on)
     depth_lr = m_L ** (alpha - 1.0)  # CompleteP: hidden and in-block vector LR factor
     # SGD: a block's gradient carries the branch multiplier m_L^-alpha that Adam normalises away, so keeping
     # each block's update at Theta(1/L) needs m_L^(alpha-1) / m_L^-alpha = m_L^(2 alpha - 1): eta at
