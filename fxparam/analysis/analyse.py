@@ -124,7 +124,7 @@ def analyse(
                     block=real_block,
                     branch=ren(site.branches[0]),
                     branches=[ren(b) for b in site.branches],
-                    output_modules=[ren(m) for m in site.output_modules],
+                    output_modules=[r for m in site.output_modules for r in _real_outputs(cap, m, site.block, real_block)],
                     stream=site.stream,
                     application=site.application,
                     unscalable=site.unscalable,
@@ -286,6 +286,16 @@ def _primary(aliases: list[str], info: dict[str, dict[str, Any]]) -> str:
 def _prefixes(fqn: str) -> list[str]:
     parts = fqn.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _real_outputs(cap: Capture, fqn: str, skel_block: str, real_block: str) -> list[str]:
+    """A branch output module of skeleton block ``skel_block`` in ``real_block``: every real module it stands
+    for there (the capture keeps 2 of a ModuleList of experts, the branch sums them all)."""
+    if not skel_block or not (fqn == skel_block or fqn.startswith(skel_block + ".")):
+        return [_rename(fqn, skel_block, real_block)]
+    reals = [_rename(r, skel_block, real_block) for r in cap.real_names(fqn)]
+    mine = [r for r in reals if r == real_block or r.startswith(real_block + ".")]
+    return list(dict.fromkeys(mine)) or [_rename(fqn, skel_block, real_block)]
 
 
 def _rename(fqn: str, old_prefix: str, new_prefix: str) -> str:

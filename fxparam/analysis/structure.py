@@ -106,6 +106,7 @@ QK_VIEW_OPS = TRANSPARENT_OPS | {
 #: Batched matmuls with a built-in logit scale ``alpha`` (``beta * input + alpha * b1 @ b2``).
 ALPHA_MATMUL_OPS = {"aten.baddbmm.default", "aten.addbmm.default"}
 QK_MATMUL_OPS = {"aten.matmul.default", "aten.bmm.default", "aten.mm.default"}
+EINSUM_OP = "aten.einsum.default"
 #: Ops a score tensor may pass through between q.k and softmax without changing its scale.
 SCORE_PASS_OPS = QK_VIEW_OPS | ADD_OPS | {
     "aten.sub.Tensor",
@@ -454,6 +455,53 @@ class StructureFinder:
             return None
         return None
 
+    def _branch_outputs(self, site: RawSite, b: str, budget: int = 256) -> list[Call] | None:
+        """The module calls whose outputs, all scaled by one factor, scale the branch ``b`` and nothing else.
+
+        One call (:meth:`_branch_output`), or, for a branch summed inline from several module
+        outputs (an MoE block's ``sum(g_e * expert_e(h)) + shared(h)``), one call per term: a sum
+        is scaled by scaling every term, a product ``g * y`` by scaling ``y`` when ``g`` does not
+        depend on it (a router's gate).  None when any term has no such call (then the whole
+        branch is unscalable: scaling only some terms would be silently wrong).
+        """
+        one = self._branch_output(site, b)
+        if one is not None or budget <= 0:
+            return [one] if one is not None else None
+        cur = b
+        while self.mg.target(cur) in TRANSPARENT_OPS and len(self._data_args(cur)) == 1:
+            cur = self._data_args(cur)[0]
+        t, args = self.mg.target(cur), self._data_args(cur)
+        if self.calls.get(cur) and any(c.key not in {a.key for a in self.calls.get(site.add, [])}
+                                       for c in self.calls[cur]):
+            return None  # inside a module call that is not the branch's output: nothing to split
+        if any(a in self.param_nodes for a in self.mg.tensor_args(cur)):
+            return None
+        node = self.mg.nodes[cur]
+        if t in ADD_OPS and len(args) == 1 and len(node.args) == 2 and any(
+            isinstance(a, (int, float)) and a == 0 for a in node.args
+        ):
+            return self._branch_outputs(site, args[0], budget - 1)  # sum(...) starts with ``0 + t``
+        if len(args) != 2:
+            return None
+        if t in ADD_OPS:
+            if self.mg.nodes[cur].kwargs.get("alpha", 1) != 1:
+                return None
+            parts = [self._branch_outputs(site, a, budget // 2) for a in args]
+            if any(p is None for p in parts):
+                return None
+            return [c for p in parts for c in p]  # type: ignore[union-attr]
+        if t in ("aten.mul.Tensor",):
+            shape = self.mg.shape(cur)
+            order = sorted(args, key=lambda a: self.mg.shape(a) != shape)  # the full-shape operand first
+            for y in order:
+                g = next(a for a in args if a != y) if args[0] != args[1] else y
+                if g == y or y in self.ancestors(g):
+                    continue  # g depends on y: scaling y would change g too
+                found = self._branch_outputs(site, y, budget // 2)
+                if found is not None:
+                    return found
+        return None
+
     def _split_parallel(self, skip: str, branch: str) -> list[str]:
         """NeoX writes ``mlp_out + attn_out + x``: the branch is itself an add of two branches."""
         b = self.producer(branch)
@@ -485,12 +533,15 @@ class StructureFinder:
 
     def _name_site(self, site: RawSite) -> None:
         producers = [self.producer(b) for b in site.branch_nodes]
-        found = [self._branch_output(site, b) for b in site.branch_nodes]
-        outputs = [c.fqn if c is not None else None for c in found]
-        site.output_modules = [o for o in outputs if o is not None]
-        site.output_calls = [c.key for c in found if c is not None]
+        found = [self._branch_outputs(site, b) for b in site.branch_nodes]
+        outputs = [c[0].fqn if c else None for c in found]
+        site.output_modules = [c.fqn for cs in found if cs for c in cs]
+        site.output_calls = [c.key for cs in found if cs for c in cs]
         if None in outputs:
+            # all or nothing: a multiplier on only some of a branch's terms (a shared expert, not the routed
+            # ones) would scale the branch wrongly with no error
             site.unscalable = "the branch is computed inline by the module that adds it"
+            site.output_modules, site.output_calls = [], []
 
         if not site.block:
             site.block = site.output_modules[0] if site.output_modules else self.mg.owner.get(site.add, "")
@@ -620,13 +671,18 @@ class StructureFinder:
         for _ in range(32):
             t = self.mg.target(cur)
             node = self.mg.nodes[cur]
-            if t in QK_MATMUL_OPS or t in ALPHA_MATMUL_OPS:
-                names = [getattr(a, "name", None) for a in node.args[:3]]
-                a, b = (names[1], names[2]) if t in ALPHA_MATMUL_OPS else (names[0], names[1])
+            qk_einsum = self._qk_einsum(cur) if t == EINSUM_OP else None
+            if t in QK_MATMUL_OPS or t in ALPHA_MATMUL_OPS or qk_einsum is not None:
+                if qk_einsum is not None:  # einsum("bhqd,bhkd->bhqk", q, k): one contracted index
+                    a, b, head_dim = qk_einsum
+                else:
+                    names = [getattr(a, "name", None) for a in node.args[:3]]
+                    a, b = (names[1], names[2]) if t in ALPHA_MATMUL_OPS else (names[0], names[1])
                 if a is None or b is None or not ({a, b} <= self.data) or {a, b} & self.param_nodes:
                     return None  # a product with a weight: a projection, not q.k
-                shape = self.mg.shape(a)
-                head_dim = shape[-1] if shape else 0
+                if qk_einsum is None:
+                    shape = self.mg.shape(a)
+                    head_dim = shape[-1] if shape else 0
                 alpha = float(node.kwargs.get("alpha", 1.0)) if t in ALPHA_MATMUL_OPS else 1.0
                 self.attention_scale_nodes.update(scale_nodes)
                 fa, fb = self._fold(a), self._fold(b)
@@ -649,6 +705,27 @@ class StructureFinder:
             # masks and biases are added: follow the operand that carries the scores
             cur = max(args, key=lambda a: len(self.ancestors(a)))
         return None
+
+    def _qk_einsum(self, n: str) -> tuple[str | None, str | None, int] | None:
+        """``einsum(eq, [q, k])`` contracting exactly one index (the head dim): (q, k, its size), else None."""
+        node = self.mg.nodes[n]
+        if len(node.args) < 2 or not isinstance(node.args[0], str) or not isinstance(node.args[1], (list, tuple)):
+            return None
+        eq, ops = node.args[0].replace(" ", ""), node.args[1]
+        if len(ops) != 2 or "->" not in eq or "." in eq:
+            return None
+        lhs, out = eq.split("->")
+        terms = lhs.split(",")
+        if len(terms) != 2:
+            return None
+        contracted = (set(terms[0]) & set(terms[1])) - set(out)
+        if len(contracted) != 1:
+            return None
+        a, b = (getattr(o, "name", None) for o in ops)
+        shape = self.mg.shape(a) if a is not None else None
+        (c,) = contracted
+        head_dim = shape[terms[0].index(c)] if shape and len(shape) == len(terms[0]) else 0
+        return a, b, head_dim
 
     def _attention(self, n: str, head_dim: int, scale: float | None, kind: str) -> AttentionSite:
         module = self.mg.owner.get(n, "")

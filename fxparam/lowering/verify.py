@@ -353,6 +353,8 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
         for name in sites:
             handles.append(modules[name].register_forward_pre_hook(pre(name), with_kwargs=True, prepend=True))
             handles.append(modules[name].register_forward_hook(post(name)))
+        for name in set(plan.attention) - set(sites):  # inputs kept to test that a scale attribute is used
+            handles.append(modules[name].register_forward_pre_hook(pre(name), with_kwargs=True, prepend=True))
         for name in plan.attention:
             # entered before fxparam's own scope (prepend): the recorder sits below it and sees the final scale
             handles.append(modules[name].register_forward_pre_hook(_EnterMode(modes, name, sdpa[name], replaying),
@@ -414,6 +416,12 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
 
     for name, site in plan.attention.items():
         calls = sdpa[name]
+        if site.attr is not None and (not calls or site.kind != "sdpa") and name in seen_in:
+            check = _attribute_in_effect(modules, name, site, seen_in[name], replaying)
+            if check is not None:
+                report.checks.append(check)
+                if not check.ok:
+                    continue
         if not calls:
             if site.attr is None and site.scale != site.previous:
                 report.checks.append(SiteCheck(
@@ -438,6 +446,46 @@ def _probe(model: nn.Module, plan: Any, report: VerifyReport, example_inputs: An
                     "`scaling`/`scale` attribute its forward passes to SDPA, or pass attention='sp'")
             if bad else f"{len(calls)} SDPA call(s)",
         ))
+
+
+def _attribute_in_effect(modules: dict[str, nn.Module], name: str, site: Any, inputs: tuple[tuple, dict],
+                         replaying: list[bool]) -> SiteCheck | None:
+    """Hand-written attention whose scale the plan set through an attribute: re-run the module with the
+    attribute put back to its previous value.  The same output means the forward does not read it (an
+    attribute that only happened to hold the scale's value), so the planned scale is not in effect."""
+    owner = modules.get(site.attr_module or name)
+    module = modules[name]
+    held = getattr(owner, site.attr, None) if owner is not None else None
+    if not isinstance(held, float) or _close(float(site.previous), held, 1e-6):
+        return None
+    args, kwargs = inputs
+    training = {m: m.training for m in module.modules()}
+    replaying[0] = True
+    try:
+        module.eval()
+        with torch.no_grad():
+            y = _first_tensor(module(*args, **kwargs))
+            setattr(owner, site.attr, float(site.previous))
+            try:
+                y_prev = _first_tensor(module(*args, **kwargs))
+            finally:
+                setattr(owner, site.attr, held)
+    finally:
+        replaying[0] = False
+        for m, flag in training.items():
+            m.training = flag
+    if y is None or y_prev is None:
+        return None
+    used = not torch.equal(y, y_prev)
+    return SiteCheck(
+        site=name, kind="attention", planned=site.scale, realized=site.scale if used else site.previous,
+        how="probe", ok=used,
+        detail=(f"attribute {(site.attr_module or name)}.{site.attr} changes the module's output" if used else
+                f"setting {(site.attr_module or name)}.{site.attr} to {site.scale:.6g} does not change the "
+                f"module's output: its forward does not read that attribute (its value {site.previous:.6g} only "
+                "equals the logit scale), so the planned scale is not in effect. Make the forward use it "
+                "(`scores * self.scaling`), or pass attention='sp'"),
+    )
 
 
 # --------------------------------------------------------------------------- init

@@ -1,0 +1,207 @@
+"""Review R13b of issue 13: new models of the issue's kinds, tried as a new user would.
+
+Every expected value is computed by hand in the test from the rules (Tensor Programs V Table 3,
+CompleteP: residual branch x 1/m_L^alpha, muP attention alpha_attn/d_head), never read from
+fxparam's own output.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fxparam
+from fxparam.errors import AnalysisError, LoweringError
+
+VOCAB = 50
+IDS = (torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0)),)
+
+
+# ----------------------------------------------------------------------------- MoE branch: a sum of experts
+
+
+class MoEBlock(nn.Module):
+    """Pre-norm MoE block: ``x + sum_e g_e * down_e(gelu(up_e(ln x))) [+ shared(ln x)]``, router with a bias.
+
+    The routed sum is written inline in the block (no module returns it): the depth multiplier must go on
+    every expert's ``down_e`` (and the shared expert), since g_e does not depend on down_e's output.
+    """
+
+    def __init__(self, d: int, experts: int = 3, shared: bool = True) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.router = nn.Linear(d, experts, bias=True)
+        self.up = nn.ModuleList([nn.Linear(d, 2 * d, bias=False) for _ in range(experts)])
+        self.down = nn.ModuleList([nn.Linear(2 * d, d, bias=False) for _ in range(experts)])
+        self.shared = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) if shared else None
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        g = F.softmax(self.router(h), -1)
+        out = sum(g[..., e : e + 1] * self.down[e](F.gelu(self.up[e](h))) for e in range(len(self.up)))
+        if self.shared is not None:
+            out = out + self.shared(h)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+class MoELM(nn.Module):
+    def __init__(self, d: int = 32, depth: int = 4, **kw) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, d)
+        self.blocks = nn.ModuleList([MoEBlock(d, **kw) for _ in range(depth)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, VOCAB)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x))
+
+
+def _moe_by_hand(m: MoELM, idx: torch.Tensor, branch_mult: float) -> torch.Tensor:
+    """x_{l+1} = x_l + branch_mult * (whole MoE branch): the skip never scaled (CompleteP)."""
+    x = m.wte(idx)
+    for b in m.blocks:
+        x = x + branch_mult * b.branch(x)
+    return m.head(m.ln_f(x))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_moe_routed_sum_gets_the_depth_multiplier_on_every_expert(shared: bool) -> None:
+    # before: with a shared expert only `shared` was scaled (the routed experts' sum kept x1, silently);
+    # without one, CompleteP refused the model. 4 blocks, 3 experts each (the capture keeps 2 of each list)
+    m = MoELM(shared=shared)
+    ref = copy.deepcopy(m)
+    base_depth = 1
+    m_L = 4 / base_depth
+    fxparam.transform(m, fxparam.DepthScaled(base_depth=base_depth), example_inputs=IDS, init=False)
+    with torch.no_grad():
+        got, want, plain = m(*IDS), _moe_by_hand(ref, IDS[0], 1 / m_L), ref(*IDS)
+    torch.testing.assert_close(got, want)
+    assert (got - plain).abs().max() > 1e-3  # the multiplier is not a no-op on this model
+    p = fxparam.plan(MoELM(shared=shared), fxparam.DepthScaled(base_depth=base_depth), example_inputs=IDS)
+    expected = {f"blocks.{i}.down.{e}" for i in range(4) for e in range(3)}
+    if shared:
+        expected |= {f"blocks.{i}.shared.2" for i in range(4)}
+    assert set(p.output_multipliers) == expected
+    assert all(v == pytest.approx(1 / m_L) for v in p.output_multipliers.values())
+
+
+def test_moe_only_shared_expert_scaled_would_be_wrong() -> None:
+    # negative control for the test above: scaling only the shared expert (the old plan) is a different model
+    m = MoELM(shared=True)
+    with torch.no_grad():
+        right = _moe_by_hand(m, IDS[0], 0.25)
+        x = m.wte(IDS[0])
+        for b in m.blocks:
+            h = b.ln(x)
+            g = F.softmax(b.router(h), -1)
+            routed = sum(g[..., e : e + 1] * b.down[e](F.gelu(b.up[e](h))) for e in range(3))
+            x = x + routed + 0.25 * b.shared(h)
+        old = m.head(m.ln_f(x))
+    assert (right - old).abs().max() > 1e-3
+
+
+class SelfGatedBlock(nn.Module):
+    """``x + y * sigmoid(y)``, y = proj(ln x): not linear in proj's output, so no module carries the multiplier."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(self.ln(x))
+        return x + y * torch.sigmoid(y)
+
+
+def test_branch_not_linear_in_any_module_output_is_refused() -> None:
+    m = MoELM()
+    m.blocks = nn.ModuleList([SelfGatedBlock(32) for _ in range(4)])
+    with pytest.raises(AnalysisError, match=r"blocks\.0"):
+        fxparam.plan(m, fxparam.DepthScaled(base_depth=1), example_inputs=IDS)
+
+
+# ----------------------------------------------------------------------------- attention scores by einsum
+
+
+class EinsumAttention(nn.Module):
+    """Fixed 4 heads (head dim grows with width); scores ``einsum("bhqd,bhkd->bhqk", q, k) * scale``."""
+
+    def __init__(self, d: int, heads: int = 4, attribute: bool = True) -> None:
+        super().__init__()
+        self.heads, self.attribute = heads, attribute
+        self.qkv = nn.Linear(d, 3 * d)
+        self.o = nn.Linear(d, d)
+        self.scaling = (d // heads) ** -0.5
+
+    def forward(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in self.qkv(x).split(D, -1))
+        if scale is None:
+            scale = self.scaling if self.attribute else 1 / math.sqrt(D // self.heads)
+        s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+        y = F.softmax(s, -1) @ v
+        return self.o(y.transpose(1, 2).reshape(B, T, D))
+
+
+class EinsumBlock(nn.Module):
+    def __init__(self, d: int, **kw) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = EinsumAttention(d, **kw)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), scale)
+        return x + self.mlp(self.ln2(x))
+
+
+class EinsumLM(nn.Module):
+    def __init__(self, d: int = 64, **kw) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, d)
+        self.blocks = nn.ModuleList([EinsumBlock(d, **kw) for _ in range(2)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, VOCAB)
+
+    def forward(self, idx: torch.Tensor, scale: float | None = None, readout_mult: float = 1.0) -> torch.Tensor:
+        x = self.wte(idx)
+        for b in self.blocks:
+            x = b(x, scale)
+        return self.head(self.ln_f(x) * readout_mult)
+
+
+def test_einsum_attention_is_found_per_layer() -> None:
+    # before: no attention site and no warning (the muP attention rule silently not applied)
+    a = fxparam.inspect(EinsumLM(), IDS)
+    assert [(s.module, s.head_dim) for s in a.attention] == [("blocks.0.attn", 16), ("blocks.1.attn", 16)]
+    assert all(s.scale == pytest.approx(1 / 4) for s in a.attention)
+
+
+def test_einsum_attention_gets_the_mup_logit_scale() -> None:
+    # width 64, 4 heads (d_head 16); base width 32 with 4 heads: d_head_base 8. muP logit scale
+    # alpha_attn / d_head with alpha_attn = sqrt(d_head_base): sqrt(8)/16; readout alpha_out/m_d = 1/2
+    m = EinsumLM()
+    ref = copy.deepcopy(m)
+    fxparam.transform(m, fxparam.MuP(base_width=32, base_head_dim=8), example_inputs=IDS, init=False)
+    with torch.no_grad():
+        got = m(*IDS)
+        want = ref(IDS[0], scale=math.sqrt(8) / 16, readout_mult=0.5)
+        sp_scale = ref(IDS[0], scale=1 / 4, readout_mult=0.5)  # negative control: attention rule not applied
+    torch.testing.assert_close(got, want)
+    assert (got - sp_scale).abs().max() > 1e-4
+
+
+def test_einsum_attention_scale_with_no_attribute_is_refused() -> None:
+    # found, but its constant lives in no attribute: the eager lowering refuses naming the module (was silent)
+    m = EinsumLM(attribute=False)
+    with pytest.raises(LoweringError, match=r"blocks\.0\.attn"):
+        fxparam.transform(m, fxparam.MuP(base_width=32, base_head_dim=8), example_inputs=IDS, init=False)
