@@ -267,6 +267,40 @@ class ByteCorpus(TokenCorpus):
         super().__init__(_encode(text, None), eval_fraction=eval_fraction)
 
 
+def _labels_equal_inputs(ids: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Hugging Face causal-LM labels: the input ids themselves, -100 where ignored (the model shifts)."""
+    return (
+        ids.dim() == 2 and ids.shape[1] >= 2 and labels.shape == ids.shape
+        and bool(((labels == ids) | (labels == -100)).all())
+    )
+
+
+def _pair_reading(data: Any) -> str | None:
+    """How a 2-element tuple/list of tensors reads: one batch or two (review R17b).
+
+    ``"next"``: ``(inputs, targets)`` with ``targets[:, :-1] == inputs[:, 1:]`` (next-token targets;
+    -100 ignored); ``"labels"``: targets equal to the inputs (the Hugging Face labels convention, to
+    be shifted); ``"pair"``: other same-batch tensors of different shapes (a pair for a loss_fn of
+    the user's own); ``"batches"``: two batches of different batch sizes (a list's short last
+    batch); ``"ambiguous"``: two same-shape integer tensors related neither way -- two batches
+    of token ids, or targets only the user's loss_fn understands. None: not 2 tensors.
+    """
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        return None
+    x, y = data
+    if x.shape != y.shape:
+        if x.dim() >= 1 and y.dim() >= 1 and x.shape[0] != y.shape[0] and x.shape[1:] == y.shape[1:]:
+            return "batches"
+        return "pair"
+    if x.dim() != 2 or x.shape[1] < 2 or x.is_floating_point() or y.is_floating_point():
+        return "pair"
+    if bool(((y[:, :-1] == x[:, 1:]) | (y[:, :-1] == -100)).all()):
+        return "next"
+    if _labels_equal_inputs(x, y):
+        return "labels"
+    return "ambiguous"
+
+
 def as_batch(data: Any) -> Batch:
     """One ``(inputs, targets)`` batch from what a user may pass.
 
@@ -275,10 +309,30 @@ def as_batch(data: Any) -> Batch:
     inputs, or -- when they equal ``input_ids`` wherever they are not -100 -- the Hugging Face
     causal-LM convention, shifted here by one like ``transformers`` models do), or an iterable of any of these (a DataLoader: its first batch).
 
+    A 2-element list or tuple of tensors is a pair when its second tensor holds next-token
+    targets of the first, or the first's ids as labels (shifted like a dict's ``labels``). Two
+    tensors of different batch sizes are two batches (the first is used). Two same-shape
+    token tensors related neither way are read as a pair, with a warning: they may be two
+    batches (e.g. ``[batch1, batch2]``, where the second batch's tokens would become the
+    first's targets).
+
     Raises:
         ConfigError: anything else, naming what was given.
     """
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    reading = _pair_reading(data)
+    if reading == "batches":
+        return as_batch(data[0])
+    if reading == "labels":
+        return data[0][:, :-1], data[1][:, 1:]
+    if reading == "ambiguous":
+        warnings.warn(
+            f"data: 2 token tensors of shape {list(data[0].shape)} read as one (inputs, targets) batch, but the "
+            "targets are neither the inputs shifted by one token (targets[:, :-1] == inputs[:, 1:]) nor the "
+            "inputs themselves (labels): if they are two batches of token ids, pass an iterator or DataLoader "
+            "(iter([batch1, batch2])); if your loss_fn expects these targets, ignore this warning",
+            stacklevel=2,
+        )
+    if reading is not None:
         return data[0], data[1]
     if isinstance(data, torch.Tensor):
         if data.dim() != 2 or data.shape[1] < 2:
@@ -290,9 +344,7 @@ def as_batch(data: Any) -> Batch:
         ids = data["input_ids"]
         if "labels" in data:
             ids, labels = torch.as_tensor(ids), torch.as_tensor(data["labels"])
-            if ids.dim() == 2 and ids.shape[1] >= 2 and labels.shape == ids.shape and bool(
-                ((labels == ids) | (labels == -100)).all()
-            ):
+            if _labels_equal_inputs(ids, labels):
                 # Hugging Face causal-LM convention (DataCollatorForLanguageModeling): labels are the
                 # input_ids (-100 where ignored) and the model shifts them; read as aligned, every
                 # target would be its own input (a copy task with loss -> 0)
@@ -309,11 +361,22 @@ def as_batch(data: Any) -> Batch:
     )
 
 
+def _batches(data: Any) -> Any:
+    """``data`` as an iterable of batches: a single batch becomes a list of one (review R17b: a
+    ``[B, T+1]`` tensor was iterated row by row and refused, a dict by its keys, and an
+    ``(inputs, targets)`` pair was read as two batches -- its inputs, then its targets)."""
+    if isinstance(data, (torch.Tensor, dict)) or _pair_reading(data) in ("next", "labels", "pair"):
+        return [data]
+    return data
+
+
 class FixedBatches:
     """A fixed list of training and held-out batches (from a DataLoader or any iterable).
 
     Every run of a sweep sees the same batches in the same order (cycled when a run takes
-    more steps than there are batches); picklable, so worker processes get a copy.
+    more steps than there are batches); picklable, so worker processes get a copy. A single
+    batch (a ``[B, T+1]`` tensor, a dict, an ``(inputs, targets)`` pair as :func:`as_batch`
+    reads it) is one batch, not iterated (its rows, keys or two halves are not batches).
 
     Args:
         train: training batches (anything :func:`as_batch` accepts).
@@ -322,9 +385,9 @@ class FixedBatches:
     """
 
     def __init__(self, train: Iterable[Any], eval: Iterable[Any] | None = None, *, eval_count: int = 0) -> None:
-        batches = [as_batch(b) for b in train]
+        batches = [as_batch(b) for b in _batches(train)]
         if eval is not None:
-            self.train, self.held_out = batches, [as_batch(b) for b in eval]
+            self.train, self.held_out = batches, [as_batch(b) for b in _batches(eval)]
         else:
             if eval_count >= len(batches):
                 raise ConfigError(
