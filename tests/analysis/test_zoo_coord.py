@@ -73,4 +73,6 @@ def test_zoo_mup_width_coord_check(name):
     verdict = mup.verdict("width")
     assert verdict.invariant, f"{name} muP:\n{verdict.table}\n{verdict.note}"
     growth = sp.max_growth("width")
-    assert growth >= CONTROL_THRESHOLD, f"{name} SP control did not grow ({growth:+.2f}):\n{sp.verdict('width').table}"
+    assert growth >= CONTROL_THRESHOLD, (
+        f"{name} SP control did not grow ({growth:+.2f}):\n{sp.verdict('width').table}"
+    )

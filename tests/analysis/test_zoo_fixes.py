@@ -30,8 +30,15 @@ T = pytest.importorskip("transformers")
 
 
 def _opt(width: int, heads: int) -> torch.nn.Module:
-    cfg = T.OPTConfig(hidden_size=width, ffn_dim=2 * width, num_hidden_layers=2, word_embed_proj_dim=width,
-                      num_attention_heads=heads, max_position_embeddings=64, vocab_size=96)
+    cfg = T.OPTConfig(
+        hidden_size=width,
+        ffn_dim=2 * width,
+        num_hidden_layers=2,
+        word_embed_proj_dim=width,
+        num_attention_heads=heads,
+        max_position_embeddings=64,
+        vocab_size=96,
+    )
     cfg._attn_implementation = "sdpa"
     cfg.use_cache = False
     torch.manual_seed(0)
@@ -78,8 +85,17 @@ def test_opt_scale_folded_into_query_effective_logit_scale_is_mup():
 
 
 def _t5(width: int = 64) -> torch.nn.Module:
-    cfg = T.T5Config(d_model=width, d_kv=16, d_ff=2 * width, num_layers=2, num_decoder_layers=2, num_heads=4,
-                     vocab_size=96, decoder_start_token_id=0, tie_word_embeddings=False)
+    cfg = T.T5Config(
+        d_model=width,
+        d_kv=16,
+        d_ff=2 * width,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        vocab_size=96,
+        decoder_start_token_id=0,
+        tie_word_embeddings=False,
+    )
     cfg.use_cache = False
     torch.manual_seed(0)
     return T.T5ForConditionalGeneration(cfg)
