@@ -143,19 +143,35 @@ def _pick_column(fields: list[str], wanted: str | None, candidates: Sequence[str
     )
 
 
+#: TensorBoard's CSV export of one scalar tag (the tag chosen when exporting; not in the file).
+TENSORBOARD_HEADER = ("wall time", "step", "value")
+
+
+def _delimiter(header_line: str) -> str:
+    """The field delimiter of a header line: ',' if it has one, else a tab, else ';' (spreadsheets
+    in locales with a decimal comma export ';'); ',' when none occurs (a one-column file)."""
+    for d in (",", "\t", ";"):
+        if d in header_line:
+            return d
+    return ","
+
+
 def read_loss_csv(
-    path: str | Path, *, column: str | None = None, step_column: str | None = None
+    path: str | Path, *, column: str | Sequence[str] | None = None, step_column: str | None = None
 ) -> tuple[FloatArray, FloatArray]:
     """Read the step and loss columns of a CSV with a header (other columns are ignored).
 
     The step column is ``step_column`` or the first of :data:`STEP_COLUMNS`; the loss column is
     ``column``, else ``loss``, else the one column whose name contains "loss" (a wandb export
-    ``Step,train/loss,train/loss__MIN,train/loss__MAX`` reads ``train/loss``). Rows whose loss
-    cell is empty (metrics logged at other steps) are skipped.
+    ``Step,train/loss,train/loss__MIN,train/loss__MAX`` reads ``train/loss``), else ``Value`` in a
+    TensorBoard export (header ``Wall time,Step,Value``: one scalar, the one exported). Rows whose
+    loss cell is empty (metrics logged at other steps) are skipped. Fields are separated by
+    commas, tabs or semicolons (whichever the header line uses, in that order).
 
     Args:
         path: the CSV file.
-        column: the loss column's name (case-insensitive).
+        column: the loss column's name (case-insensitive), or several names: the first that the
+            header has (one option serving logs from different tools).
         step_column: the step column's name (case-insensitive).
 
     Returns:
@@ -177,9 +193,19 @@ def read_loss_csv(
     if not p.is_file():
         raise RecipeError(f"{where}: no such file")
     with p.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+        delimiter = _delimiter(fh.readline())
+        fh.seek(0)
+        reader = csv.DictReader(fh, delimiter=delimiter)
         fields = list(reader.fieldnames or [])
         step_key = _pick_column(fields, step_column, STEP_COLUMNS, "step", where)
+        if column is not None and not isinstance(column, str):
+            names = list(column)
+            have = {f.strip().lower() for f in fields}
+            column = next((c for c in names if c.strip().lower() in have), names[0] if len(names) == 1 else None)
+            if column is None:
+                raise RecipeError(f"{where}: none of the columns {names} (--column); the header has {fields}")
+        if column is None and tuple(f.strip().lower() for f in fields) == TENSORBOARD_HEADER:
+            column = fields[2]  # TensorBoard: the exported scalar
         loss_key = _pick_column(fields, column, ("loss",), "loss", where)
         steps, losses = [], []
         for row_no, row in enumerate(reader, start=2):
