@@ -91,6 +91,8 @@ class AttentionSite(_Fact):
         kind: "sdpa" or "manual" (matmul, scale, softmax).
         scale_attr: the module attribute holding the scale (``scaling``, ``scale``...), if any;
             the eager lowering sets it.
+        wide_head_dim: the head dim in a second build at twice the width (``rebuild=``), None
+            without one: larger than ``head_dim`` when the head dim grows with width (heads fixed).
     """
 
     module: str
@@ -99,6 +101,7 @@ class AttentionSite(_Fact):
     kind: Literal["sdpa", "manual"]
     scale_attr: str | None = None
     scale_attr_module: str | None = None
+    wide_head_dim: int | None = None
 
 
 class WidthConstant(_Fact):

@@ -136,6 +136,8 @@ class StructureFinder:
                 self.data |= nx.descendants(self.g, inp) | {inp}
         self.sites = self._residual_sites()
         self.attention_scale_nodes: set[str] = set()  # scaling ops of found attention logits (attention_sites)
+        #: attention node (SDPA / softmax) -> (query node, axis of the head dim): read again in a second build
+        self.attention_query: dict[str, tuple[str, int]] = {}
         self.in_branch: set[str] = set()
         for site in self.sites:
             self.in_branch |= self._between(site.skip, site.branch_nodes)
@@ -604,12 +606,15 @@ class StructureFinder:
         ``scale=None``: the passes then warn instead of guessing.
         """
         sites: list[AttentionSite] = []
+        self.attention_nodes: list[str] = []  # the SDPA / softmax node of each site, in order
         for n in sorted(self.g.nodes, key=self.mg.order.__getitem__):
+            before = len(sites)
             t = self.mg.target(n)
             if t in SDPA_OPS:
                 node = self.mg.nodes[n]
                 q_shape = self.mg.shape(node.args[0].name) or (0,)
                 head_dim = q_shape[-1]
+                self.attention_query[n] = (node.args[0].name, -1)
                 scale = node.kwargs.get("scale")
                 if scale is None:
                     scale = 1.0 / math.sqrt(head_dim)
@@ -624,6 +629,7 @@ class StructureFinder:
                 found = self._manual_attention(n)
                 if found is not None:
                     sites.append(self._attention(n, found[0], found[1], "manual"))
+            self.attention_nodes += [n] * (len(sites) - before)
         return sites
 
     def _scalar_factor(self, n: str) -> tuple[str, float | None] | None:
@@ -674,7 +680,9 @@ class StructureFinder:
             qk_einsum = self._qk_einsum(cur) if t == EINSUM_OP else None
             if t in QK_MATMUL_OPS or t in ALPHA_MATMUL_OPS or qk_einsum is not None:
                 if qk_einsum is not None:  # einsum("bhqd,bhkd->bhqk", q, k): one contracted index
-                    a, b, head_dim = qk_einsum
+                    a, b, axis = qk_einsum
+                    shape = self.mg.shape(a) if a is not None else None
+                    head_dim = shape[axis] if shape and axis < len(shape) else 0
                 else:
                     names = [getattr(a, "name", None) for a in node.args[:3]]
                     a, b = (names[1], names[2]) if t in ALPHA_MATMUL_OPS else (names[0], names[1])
@@ -683,6 +691,8 @@ class StructureFinder:
                 if qk_einsum is None:
                     shape = self.mg.shape(a)
                     head_dim = shape[-1] if shape else 0
+                    axis = -1
+                self.attention_query[softmax] = (a, axis)
                 alpha = float(node.kwargs.get("alpha", 1.0)) if t in ALPHA_MATMUL_OPS else 1.0
                 self.attention_scale_nodes.update(scale_nodes)
                 fa, fb = self._fold(a), self._fold(b)
@@ -707,7 +717,7 @@ class StructureFinder:
         return None
 
     def _qk_einsum(self, n: str) -> tuple[str | None, str | None, int] | None:
-        """``einsum(eq, [q, k])`` contracting exactly one index (the head dim): (q, k, its size), else None."""
+        """``einsum(eq, [q, k])`` contracting exactly one index (the head dim): (q, k, its axis in q), else None."""
         node = self.mg.nodes[n]
         if len(node.args) < 2 or not isinstance(node.args[0], str) or not isinstance(node.args[1], (list, tuple)):
             return None
@@ -722,10 +732,8 @@ class StructureFinder:
         if len(contracted) != 1:
             return None
         a, b = (getattr(o, "name", None) for o in ops)
-        shape = self.mg.shape(a) if a is not None else None
         (c,) = contracted
-        head_dim = shape[terms[0].index(c)] if shape and len(shape) == len(terms[0]) else 0
-        return a, b, head_dim
+        return a, b, terms[0].index(c)
 
     def _attention(self, n: str, head_dim: int, scale: float | None, kind: str) -> AttentionSite:
         module = self.mg.owner.get(n, "")

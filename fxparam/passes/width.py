@@ -136,6 +136,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
         scale_branches(analysis, plan, cfg.base_depth, alpha, type(cfg).__name__)
 
     if cfg.attention == "mup":
+        head_dims_grown: dict[tuple[int, int], float] = {}
         for site in analysis.attention:
             if site.scale is None:  # a softmax over q.k whose scale was not found: loud, never silent
                 msg = (
@@ -147,7 +148,13 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 plan.notes.append(msg)
                 warnings.warn(msg, stacklevel=3)
                 continue
-            base_head_dim = cfg.base_head_dim or site.head_dim
+            grown = site.wide_head_dim is not None and site.wide_head_dim > site.head_dim > 0
+            # a second build (twice the width) saw the head dim grow like width^k (heads fixed: k = 1):
+            # d_head_base = d_head / m_d^k
+            k = math.log2(site.wide_head_dim / site.head_dim) if grown else 0.0  # type: ignore[operator]
+            base_head_dim = cfg.base_head_dim or site.head_dim / m_d**k
+            if grown and not cfg.base_head_dim:
+                head_dims_grown.setdefault((site.head_dim, site.wide_head_dim), base_head_dim)  # type: ignore[arg-type]
             a_attn = cfg.attn_multiplier if cfg.attn_multiplier is not None else math.sqrt(base_head_dim)
             # muP logit scale a_attn/d_head against SP's 1/sqrt(d_head), applied as a RATIO to the
             # model's own scale: per-layer factors (GPT-2's 1/layer, T5's 1.0) survive, and at the
@@ -164,7 +171,13 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 attr_module=site.scale_attr_module,
                 kind=site.kind,
             )
-        if analysis.attention and cfg.base_head_dim is None and cfg.attn_multiplier is None:
+        for (d_head, wide), d_base in head_dims_grown.items():
+            plan.notes.append(
+                f"attention: the head dim grows with width (second build: {d_head} at width {analysis.width}, "
+                f"{wide} at width {2 * (analysis.width or 0)}): d_head_base = {d_base:.4g} at the base width, logit "
+                "scale sqrt(d_head_base)/d_head (Tensor Programs V: 1/d_head); pass base_head_dim= to choose another"
+            )
+        if analysis.attention and cfg.base_head_dim is None and cfg.attn_multiplier is None and not head_dims_grown:
             plan.notes.append(
                 "attention: logit scale sqrt(d_head_base)/d_head with d_head_base = the model's head dim "
                 "(heads grow with width); pass base_head_dim= if the head dim grows instead. Applied as "

@@ -205,3 +205,39 @@ def test_einsum_attention_scale_with_no_attribute_is_refused() -> None:
     m = EinsumLM(attribute=False)
     with pytest.raises(LoweringError, match=r"blocks\.0\.attn"):
         fxparam.transform(m, fxparam.MuP(base_width=32, base_head_dim=8), example_inputs=IDS, init=False)
+
+
+# ----------------------------------------------------------------------------- heads fixed, head dim grows
+
+
+def test_head_dim_growing_with_width_is_read_from_the_second_build() -> None:
+    # 4 heads at every width: d_head = d/4 (16 at 64, 32 at 128). muP's logit scale is alpha_attn/d_head with
+    # alpha_attn = sqrt(d_head at the base width) = sqrt(32/4): sqrt(8)/16. Before: the default assumed heads
+    # grow (d_head_base = 16: scale 1/4, i.e. SP's 1/sqrt(d_head) kept at every width), even with rebuild=
+    m = EinsumLM()
+    ref = copy.deepcopy(m)
+    mup = fxparam.MuP(base_width=32)
+    p = fxparam.plan(m, mup, example_inputs=IDS, rebuild=lambda w: EinsumLM(d=w))
+    assert {k: v.scale for k, v in p.attention.items()} == {
+        "blocks.0.attn": pytest.approx(math.sqrt(8) / 16),
+        "blocks.1.attn": pytest.approx(math.sqrt(8) / 16),
+    }
+    assert any("head dim grows with width" in n for n in p.notes)
+    fxparam.transform(m, mup, example_inputs=IDS, init=False, rebuild=lambda w: EinsumLM(d=w))
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), ref(IDS[0], scale=math.sqrt(8) / 16, readout_mult=0.5))
+
+
+def test_heads_growing_keep_one_over_sqrt_head_dim() -> None:
+    # control: the reference GPT grows its heads (head dim fixed at 16): a second build sees the same head dim,
+    # so alpha_attn/d_head = sqrt(16)/16 = 1/sqrt(16), the model's own scale
+    from fxparam.models.gpt import GPT, GPTConfig
+
+    gpt = GPT(GPTConfig(width=64, depth=2, head_dim=16, vocab=VOCAB, seq_len=8))
+    p = fxparam.plan(gpt, fxparam.MuP(base_width=32), example_inputs=IDS, rebuild=True)
+    assert p.attention and all(v.scale == pytest.approx(1 / 4) == v.previous for v in p.attention.values())
+    assert not any("second build: 16" in n for n in p.notes)
+    # and GPT(heads=4) grows its head dim (16 at 64, 32 at 128): sqrt(8)/16, read from the second build
+    gpt = GPT(GPTConfig(width=64, depth=2, heads=4, vocab=VOCAB, seq_len=8))
+    p = fxparam.plan(gpt, fxparam.MuP(base_width=32), example_inputs=IDS, rebuild=True)
+    assert p.attention and all(v.scale == pytest.approx(math.sqrt(8) / 16) for v in p.attention.values())
