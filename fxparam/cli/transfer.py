@@ -36,7 +36,9 @@ from fxparam.errors import ConfigError, FxparamError
 #: (held-out loss at the best LR, 200 steps, 2 seeds: alpha_out 1: 2.57, 2: 2.49, 4: 2.39, 8: 2.36,
 #: 16: 2.36; docs/results.md); with the untuned 1, SP beat muP at width 128 in --quick.
 PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
-    ("width", False): {"sizes": [32, 64, 128, 256], "lr_range": (-12, -6), "steps": 400, "output_multiplier": 8.0},
+    # 2^-11..2^-4: with alpha_out = 8 muP's optimum at widths 128-256 lies at 2^-6..2^-5 (the old 2^-12..2^-6
+    # grid put it on the edge; 2^-12 was the worst LR of every run)
+    ("width", False): {"sizes": [32, 64, 128, 256], "lr_range": (-11, -4), "steps": 400, "output_multiplier": 8.0},
     ("width", True): {"sizes": [32, 64, 128], "lr_range": (-11, -6), "steps": 200, "output_multiplier": 8.0},
     ("depth", False): {"sizes": [2, 4, 8, 16], "lr_range": (-11, -5), "steps": 400, "output_multiplier": 1.0},
     ("depth", True): {"sizes": [2, 4, 8], "lr_range": (-10, -6), "steps": 200, "output_multiplier": 1.0},
@@ -44,7 +46,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
 
 _EPILOG = """\
 examples:
-  fxparam transfer                 # widths 32..256, SP vs muP, LRs 2^-12..2^-6, 400 steps
+  fxparam transfer                 # widths 32..256, SP vs muP, LRs 2^-11..2^-4, 400 steps
   fxparam transfer --quick         # widths 32..128, LRs 2^-11..2^-6, 200 steps
   fxparam transfer --vary depth    # depths 2..16 at width 64, muP vs CompleteP
   fxparam transfer --widths 64,128,256,512 --seeds 3   # wider and averaged (much longer)
@@ -52,8 +54,9 @@ examples:
   fxparam transfer --model mymodel:make --data corpus.txt --device cuda --seeds 3   # your model and data
 
 Cost (measured, built-in GPT, CPU): --quick trains 36 runs in about 140 CPU-seconds (1-2 min on
-2 idle cores; 13.5 min measured on 2 cores shared with ~16 busy processes); the default trains 56
-runs in about 900 CPU-seconds (~8 min on 2 idle cores). Wall time scales with the idle cores.
+2 idle cores; 13.5 min measured on 2 cores shared with ~16 busy processes); the default trains 64
+runs in about 810 CPU-seconds (~7 min when 2 idle cores split it, --jobs 2; 32 min measured in 1 process
+on 2 cores shared with other jobs). Wall time scales with the idle cores.
 
 Every run: AdamW from fxparam.optimizer (the plan's per-group LRs), warmup then linear decay
 to zero (fxparam.recipes.schedules.d2z), byte tokens of Python's documentation (or --data), the same
@@ -85,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smaller sweep (~140 CPU-seconds: 1-2 min on 2 idle cores; the default ~900 CPU-seconds)",
+        help="a smaller sweep (~140 CPU-seconds: 1-2 min on 2 idle cores; the default ~810 CPU-seconds)",
     )
     p.add_argument(
         "--param",
@@ -107,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         type=lr_list,
         default=None,
         metavar="2^LO..2^HI|LR,LR,...",
-        help="base learning rates: a power-of-2 grid such as 2^-12..2^-6 (the default over width), "
+        help="base learning rates: a power-of-2 grid such as 2^-11..2^-4 (the default over width), "
         "or a list such as 1e-3,3e-3",
     )
     p.add_argument(
