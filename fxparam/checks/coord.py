@@ -351,8 +351,8 @@ class _Recorder:
         modules = dict(model.named_modules())
         sites: dict[str, str] = {}
         for info in analysis.params.values():
-            if info.role == "embedding" and not info.tied_to:
-                sites[info.module] = "embedding"
+            if info.role == "embedding":  # tied copies too: T5 looks up through encoder/decoder.embed_tokens,
+                sites[info.module] = "embedding"  # never through the canonical `shared`
             if info.role == "readout":
                 sites[info.module] = "logits"
         for r in analysis.residuals:

@@ -116,3 +116,29 @@ def test_t5_lm_loss_refused_naming_loss_fn():
     x = IDS[:, :-1]
     with pytest.raises(ConfigError, match="loss_fn"):
         lm_loss(_t5(), (x, IDS[:, 1:]))
+
+
+def test_t5_coord_check_measures_both_stacks():
+    """T5's forward looks tokens up through ``encoder.embed_tokens`` and ``decoder.embed_tokens``
+    (weights tied to ``shared``, which is never called): both lookups are measured, as are the
+    2 residual branches of each encoder block and the 3 of each decoder block (2 + 2 layers)."""
+
+    def make(width):
+        return _t5(width)
+
+    def loss(model, batch):
+        x, y = batch
+        logits = model(input_ids=x[:, :4], decoder_input_ids=x[:, 4:]).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 4:].reshape(-1))
+
+    data = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cc = fxparam.coord_check(
+            make, config="mup", widths=(32, 64), steps=0, seeds=(0,), data=data, loss_fn=loss
+        )
+    keys = {r.key for r in cc.records}
+    assert {"embedding:encoder.embed_tokens#0", "embedding:decoder.embed_tokens#0"} <= keys
+    branches = {k for k in keys if k.startswith("branch:")}
+    assert len([k for k in branches if k.startswith("branch:encoder.")]) == 2 * 2
+    assert len([k for k in branches if k.startswith("branch:decoder.")]) == 2 * 3
