@@ -188,3 +188,61 @@ def test_collapse_ok_states_the_drift_the_noise_hides(tmp_path, capsys):
     assert "had no --total-steps" not in out  # '-' states the horizon: not an assumption
     # the advice works: averaging more steps resolves this drift
     assert run(0.03, 50, "--smooth", "0.1")[0] == 1
+
+
+# ---------------------------------------------------------------- coord-check: a failure noise may explain
+
+
+def _check(slope: float, seeds: list[int], widths: list[int], sigma: float = 0.0):
+    """muP records with log2 RMS of the readout logits = slope * log2(width) (+ seed noise)."""
+    import math
+
+    from fxparam.checks.coord import CoordCheck, Record
+
+    rng = np.random.default_rng(0)
+    records = [
+        Record(
+            width=w,
+            depth=2,
+            seed=s,
+            step=t,
+            key="logits:head#0",
+            kind="logits",
+            rms=2.0 ** (slope * math.log2(w) + sigma * rng.standard_normal()),
+            delta=0.0,
+        )
+        for s in seeds
+        for t in range(2)
+        for w in widths
+    ]
+    return CoordCheck(config="mup", widths=widths, depths=[2], steps=1, lr=1e-3, records=records)
+
+
+def test_coord_check_failure_at_one_seed_two_sizes_is_marked_unconfirmed():
+    from fxparam.checks.coord import CONTROL_THRESHOLD, DEPTH_BANDS, WIDTH_BANDS
+    from fxparam.cli.coord_check import judge
+
+    def verdict(cc):
+        report = judge(
+            {"mup": {"width": cc}},
+            width_bands=WIDTH_BANDS,
+            depth_bands=DEPTH_BANDS,
+            threshold=CONTROL_THRESHOLD,
+        )
+        return report, report["verdicts"]["mup"]["width"]
+
+    # a logits slope of -0.65 after step 1 lies outside the trained band's low edge
+    low = WIDTH_BANDS["logits"].trained[0]
+    assert -0.65 < low
+    # 1 seed at 2 widths: no seed noise can be estimated (2 points fit a line exactly), so the failure
+    # may be noise (a correct model failed this way at widths 32,64): it fails, marked unconfirmed
+    report, v = verdict(_check(-0.65, [0], [32, 64]))
+    assert not report["ok"] and not v["invariant"] and v["unconfirmed"]
+    assert "UNCONFIRMED" in v["status"] and "--seeds 3" in v["status"] and "unconfirmed" in report["headline"]
+    # negative controls: at the calibration's 3 seeds, or with a third width (noise estimable from
+    # the fit's residuals, here 0: the points lie on the line), the same failure is a plain failure
+    for cc in (_check(-0.65, [0, 1, 2], [32, 64]), _check(-0.65, [0], [32, 64, 128])):
+        report, v = verdict(cc)
+        assert not v["invariant"] and not v["unconfirmed"] and "UNCONFIRMED" not in v["status"]
+    # and a pass is a pass
+    assert verdict(_check(-0.2, [0], [32, 64]))[1]["invariant"]
