@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
         + (f"; depths {_span(depths)} at width {depth_width}" if depth_sweep else "")
         + f"; base width {base_width}"
         + (f", base depth {base_depth}" if base_depth else "")
-        + f"; {args.steps} Adam steps, lr {args.lr:g}, {len(seeds)} seed(s), batch {BATCH_SIZE}x{seq_len} {'bytes' if vocab is None else 'tokens'}"
+        + f"; {args.steps} Adam steps, lr {args.lr:g}, {len(seeds)} seed(s), batch {BATCH_SIZE}x{seq_len} {_unit(args)}"
     )
     text = "\n".join(
         [
@@ -482,6 +482,14 @@ def _resolve(spec: str, options: dict[str, Any]) -> Any:
     from fxparam.checks.targets import resolve
 
     return resolve(spec, **options)
+
+
+def _unit(args: argparse.Namespace) -> str:
+    """What the batch counts: bytes of text (no --tokenizer, no token file), else tokens (review R17b: a
+    tokenizer or token file with fewer than 257 ids was called bytes)."""
+    data = Path(args.data) if args.data is not None else None
+    as_bytes = args.tokenizer is None and (data is None or (data.suffix not in (".npy", ".bin") and not data.is_dir()))
+    return "bytes" if as_bytes else "tokens"
 
 
 def _span(values: list[int]) -> str:

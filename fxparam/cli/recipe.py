@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         "steps": f"{recipe.steps:,}",
         "warmup": f"{recipe.warmup_steps:,} steps",
         "schedule": args.schedule,
-        "tau_opt": f"{recipe.tau_opt:.4f}",
+        "tau_opt": f"{recipe.tau_opt:.4g}",  # .4f printed 0.0000 at TPP 1e9 (review R17b)
         "lambda x LR": f"{lam_lr:.4g} (weight decay = this / LR, to hold tau at tau_opt)",
     }
     if args.json:

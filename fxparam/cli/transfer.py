@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_model_options(p, sweep=True)
     set_help(p, "--head-dim", "GPT fixed head dim (default 16 here; heads grow with width)")
-    set_help(p, "--seq-len", "sequence length in bytes (default 64 here)")
+    set_help(p, "--seq-len", "sequence length in bytes, or tokens of --tokenizer / a token file (default 64 here)")
     p.add_argument("--vary", choices=["width", "depth"], default="width", help="what grows (default width)")
     p.add_argument(
         "--quick",

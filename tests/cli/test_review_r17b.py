@@ -246,3 +246,28 @@ def test_coord_check_failure_at_one_seed_two_sizes_is_marked_unconfirmed():
         assert not v["invariant"] and not v["unconfirmed"] and "UNCONFIRMED" not in v["status"]
     # and a pass is a pass
     assert verdict(_check(-0.2, [0], [32, 64]))[1]["invariant"]
+
+
+# ---------------------------------------------------------------- small labels that were wrong
+
+
+def test_recipe_prints_tau_opt_at_any_tokens_per_parameter(capsys):
+    from fxparam.cli import main
+
+    # Power Lines by hand: tau_opt = 1.084 TPP^-0.527; at TPP 1e9 it is 1.96e-5 (was printed 0.0000)
+    assert main(["recipe", "--params", "1B", "--tpp", "1e9"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("tau_opt"))
+    assert float(line.split()[1]) == pytest.approx(1.084 * 1e9**-0.527, rel=1e-3)
+
+
+def test_coord_check_names_tokens_when_the_data_is_not_bytes():
+    import argparse
+
+    from fxparam.cli.coord_check import _unit
+
+    def unit(data, tokenizer=None):
+        return _unit(argparse.Namespace(data=data, tokenizer=tokenizer))
+
+    # a tokenizer of fewer than 257 ids, or a token file, was reported as "bytes"
+    assert unit(None) == unit("corpus.txt") == "bytes"
+    assert unit("corpus.txt", "tokenizer.json") == unit("ids.npy") == unit("ids.bin") == "tokens"
