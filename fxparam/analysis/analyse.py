@@ -142,12 +142,20 @@ def analyse(
 
     attention: list[AttentionSite] = []
     skeleton_scale = {a.module: a.scale for a in skeleton_sites}
+    wide_scales: dict[str, float | None] | None = None
     for a, node in zip(skeleton_sites, sf.attention_nodes, strict=True):
         if second is not None:  # the same query node in the build at twice the width: does the head dim grow?
             q, axis = sf.attention_query.get(node, (None, -1))
             wide_shape = second[0].shape(q) if q is not None and q in second[0].nodes else None
             if wide_shape and -len(wide_shape) <= axis < len(wide_shape):
-                a = a.model_copy(update={"wide_head_dim": int(wide_shape[axis])})
+                update: dict[str, Any] = {"wide_head_dim": int(wide_shape[axis])}
+                if update["wide_head_dim"] != a.head_dim:  # and its scale there (already 1/d_head, or SP's?)
+                    if wide_scales is None:
+                        sf2 = StructureFinder(second[0])
+                        wide_scales = {n: s.scale for s, n in zip(sf2.attention_sites(), sf2.attention_nodes,
+                                                                   strict=True)}
+                    update["wide_scale"] = wide_scales.get(node)
+                a = a.model_copy(update=update)
         # capture keeps 2 blocks: a scale held in no attribute that differs between them (a per-layer
         # constant) is unknown for the blocks that were not captured -> None (the passes warn)
         varies = a.scale_attr is None and skeleton_scale.get(_previous_block(cap, a.module), a.scale) != a.scale

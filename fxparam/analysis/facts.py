@@ -93,6 +93,8 @@ class AttentionSite(_Fact):
             the eager lowering sets it.
         wide_head_dim: the head dim in a second build at twice the width (``rebuild=``), None
             without one: larger than ``head_dim`` when the head dim grows with width (heads fixed).
+        wide_scale: the logit scale in that build, read where the head dim grows: tells a model's
+            own 1/sqrt(d_head) (SP) from a 1/d_head it already has (muP-style user code).
     """
 
     module: str
@@ -102,6 +104,7 @@ class AttentionSite(_Fact):
     scale_attr: str | None = None
     scale_attr_module: str | None = None
     wide_head_dim: int | None = None
+    wide_scale: float | None = None
 
 
 class WidthConstant(_Fact):

@@ -160,7 +160,13 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
             # model's own scale: per-layer factors (GPT-2's 1/layer, T5's 1.0) survive, and at the
             # base head dim the ratio is 1 (the transformed model equals the original).
             if cfg.attn_multiplier is None:  # sqrt(d_base)/d over 1/sqrt(d): exactly 1 at the base head dim
-                ratio = math.sqrt(base_head_dim / site.head_dim)
+                # the model's own scale goes like d_head^e (SP: e = -1/2); muP's alpha/d_head, alpha set so the
+                # base model is unchanged, is its scale times (d_base/d_head)^(e+1). A second build where the
+                # head dim grows measures e: a model already at 1/d_head (e = -1) is left as it is
+                e = -0.5
+                if grown and site.wide_scale and site.scale:
+                    e = math.log(site.wide_scale / site.scale) / math.log(site.wide_head_dim / site.head_dim)  # type: ignore[operator]
+                ratio = (base_head_dim / site.head_dim) ** (e + 1.0)
             else:
                 ratio = a_attn / math.sqrt(site.head_dim)
             plan.attention[site.module] = AttentionPlan(

@@ -135,12 +135,12 @@ def test_branch_not_linear_in_any_module_output_is_refused() -> None:
 class EinsumAttention(nn.Module):
     """Fixed 4 heads (head dim grows with width); scores ``einsum("bhqd,bhkd->bhqk", q, k) * scale``."""
 
-    def __init__(self, d: int, heads: int = 4, attribute: bool = True) -> None:
+    def __init__(self, d: int, heads: int = 4, attribute: bool = True, mup_scale: bool = False) -> None:
         super().__init__()
         self.heads, self.attribute = heads, attribute
         self.qkv = nn.Linear(d, 3 * d)
         self.o = nn.Linear(d, d)
-        self.scaling = (d // heads) ** -0.5
+        self.scaling = (d // heads) ** (-1.0 if mup_scale else -0.5)  # mup_scale: the user's own 1/d_head
 
     def forward(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         B, T, D = x.shape
@@ -241,3 +241,18 @@ def test_heads_growing_keep_one_over_sqrt_head_dim() -> None:
     gpt = GPT(GPTConfig(width=64, depth=2, heads=4, vocab=VOCAB, seq_len=8))
     p = fxparam.plan(gpt, fxparam.MuP(base_width=32), example_inputs=IDS, rebuild=True)
     assert p.attention and all(v.scale == pytest.approx(math.sqrt(8) / 16) for v in p.attention.values())
+
+
+def test_model_already_at_one_over_head_dim_is_not_scaled_twice() -> None:
+    # muP-style user code: scores * 1/d_head, heads fixed (d_head 16 at width 64, 8 at the base 32). muP's
+    # alpha_attn/d_head with alpha_attn set so the base model is unchanged (1/8 = alpha/8: alpha = 1) is 1/16,
+    # the model's own scale. Before: x sqrt(8/16) on top (1/16 * 0.707, the 1/d_head rule applied twice)
+    make = lambda w: EinsumLM(d=w, mup_scale=True)  # noqa: E731
+    m = make(64)
+    ref = copy.deepcopy(m)
+    mup = fxparam.MuP(base_width=32)
+    p = fxparam.plan(m, mup, example_inputs=IDS, rebuild=make)
+    assert all(v.scale == pytest.approx(1 / 16) for v in p.attention.values()) and len(p.attention) == 2
+    fxparam.transform(m, mup, example_inputs=IDS, init=False, rebuild=make)
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), ref(IDS[0], scale=1 / 16, readout_mult=0.5))
