@@ -284,7 +284,10 @@ def _user_factory(spec: str, options: dict[str, Any] | None = None) -> ModelFact
             if value is None:
                 continue
             if key not in takes:
-                raise ConfigError(f"{spec}: the factory takes no {key!r} argument, so it cannot be swept over {key}")
+                raise ConfigError(
+                    f"{spec}: the factory takes no {key!r} argument, so it cannot be built at {key}={value} "
+                    f"(a {key} sweep, or a fixed {key} the run needs)"
+                )
             kwargs[key] = value
         missing = [
             k for k, prm in params.items()

@@ -152,6 +152,17 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if len(sizes) < 2:
         raise ConfigError(f"give at least two {args.vary}s to compare")
     fixed = args.depth if args.vary == "width" else args.width
+    if not args.model.startswith("hf:") and args.model != "gpt":
+        from fxparam.cli.coord_check import factory_takes_depth
+
+        if not factory_takes_depth(args.model):  # review R17b: was refused after the run banner, as a "sweep"
+            raise ConfigError(
+                f"{args.model}: the factory takes no 'depth' argument, and transfer builds every model at a depth "
+                + ("it sweeps (--vary depth)" if args.vary == "depth" else
+                   "(--depth, default 2; each width at the same depth)")
+                + ": give the factory a depth argument (e.g. make(width, depth=2)); coord-check --depths none "
+                "runs such a factory at its own depth"
+            )
     lrs = args.lrs or lr_grid(*preset["lr_range"])
     # model options reach every kind of model (hf: config fields, factories: keyword arguments) or are refused
     options = {**GPT_OPTIONS, **gpt_options(args)} if args.model == "gpt" else gpt_options(args)

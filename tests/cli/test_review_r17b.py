@@ -271,3 +271,54 @@ def test_coord_check_names_tokens_when_the_data_is_not_bytes():
     # a tokenizer of fewer than 257 ids, or a token file, was reported as "bytes"
     assert unit(None) == unit("corpus.txt") == "bytes"
     assert unit("corpus.txt", "tokenizer.json") == unit("ids.npy") == unit("ids.bin") == "tokens"
+
+
+# ---------------------------------------------------------------- a factory that takes only the width
+
+WIDTH_ONLY = '''
+import torch.nn as nn
+
+
+def make(width):
+    """A user's model with a depth of its own (2 blocks): only the width is an argument."""
+    return nn.Sequential(nn.Embedding(256, width), nn.Linear(width, width), nn.Linear(width, 256))
+'''
+
+
+def test_transfer_refuses_a_width_only_factory_up_front(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from fxparam.checks.targets import resolve
+    from fxparam.cli import main
+    from fxparam.errors import ConfigError
+
+    (tmp_path / "r17b_widthonly.py").write_text(WIDTH_ONLY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "r17b_widthonly", raising=False)
+    # transfer builds every width at a fixed depth (2): the error was "cannot be swept over depth",
+    # after the run banner; now before anything runs, naming the fix
+    argv = [
+        "transfer",
+        "--model",
+        "r17b_widthonly:make",
+        "--widths",
+        "32,64",
+        "--lrs",
+        "2^-8",
+        "--steps",
+        "2",
+        "--out",
+        "tr",
+        "--no-progress",
+        "--no-plot",
+    ]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "takes no 'depth' argument" in captured.err and "depth=2" in captured.err
+    assert "runs (" not in captured.err and not (tmp_path / "tr").exists()  # no banner, no output folder
+    # the factory itself still builds at its own depth, and names a fixed depth rightly
+    make = resolve("r17b_widthonly:make")
+    assert make(width=32)[1].in_features == 32
+    with pytest.raises(ConfigError, match="cannot be built at depth=3"):
+        make(width=32, depth=3)
