@@ -267,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         f"probability {args.false_alarm:g} per run; noise = median standard deviation of r from the logs' own noise)"
     )
     if args.out is not None:
-        collapse_plot(curves, args.out, reference=reference, threshold=args.threshold, t_min=args.t_min)
+        collapse_plot(curves, args.out, reference=reference, threshold=args.threshold, t_min=args.t_min,
+                      false_alarm=args.false_alarm)
         print(f"wrote {args.out}")
     fired = [r.name for r in reports if r.alarm]
     if fired:

@@ -776,8 +776,13 @@ def collapse_plot(
     threshold: float = DEFAULT_THRESHOLD,
     t_min: float = DEFAULT_T_MIN,
     title: str | None = None,
+    false_alarm: float = DEFAULT_FALSE_ALARM,
 ) -> Path:
     """Write a collapse plot (PNG): normalised curves on top, residuals vs the reference below.
+
+    Below, each run's residual is drawn with its alarm level ``threshold + z * band`` (dotted,
+    :func:`collapse_residual`; ``false_alarm`` as there): a residual outside the grey
+    ``threshold`` but inside its dotted lines is within the logs' noise.
 
     Needs matplotlib (``pip install 'fxparam[plot]'``); it is imported only here.
 
@@ -818,13 +823,18 @@ def collapse_plot(
     if reference is not None:
         bot = axes[1]
         for i, c in enumerate(curves):
-            rep = collapse_residual(c, reference, threshold=threshold, t_min=t_min)
-            bot.plot(
+            rep = collapse_residual(c, reference, threshold=threshold, t_min=t_min, false_alarm=false_alarm)
+            (line,) = bot.plot(
                 rep.t_hat,
                 rep.residual,
                 lw=1.2,
                 label=(c.name or f"run {i}") + (" ALARM" if rep.alarm else ""),
             )
+            if rep.band is not None and rep.z * float(np.max(rep.band)) > 0:  # review R17b: the level that alarms
+                level = threshold + rep.z * rep.band
+                bot.plot(rep.t_hat, level, ":", lw=0.9, color=line.get_color())
+                bot.plot(rep.t_hat, -level, ":", lw=0.9, color=line.get_color(),
+                         label=f"{c.name or f'run {i}'}: alarm level (threshold + {rep.z:.2f} x noise)")
         bot.axhspan(-threshold, threshold, color="0.85", zorder=0, label=f"threshold {threshold:g}")
         bot.axhline(0, color="k", lw=0.8)
         bot.set_ylabel("residual vs reference")

@@ -322,3 +322,29 @@ def test_transfer_refuses_a_width_only_factory_up_front(tmp_path, monkeypatch, c
     assert make(width=32)[1].in_features == 32
     with pytest.raises(ConfigError, match="cannot be built at depth=3"):
         make(width=32, depth=3)
+
+
+def test_collapse_plot_draws_the_alarm_level_and_uses_the_cli_false_alarm(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from fxparam.recipes import _collapse
+
+    s0, l0 = _curve(1000, 400, noise=0.01, scale=1.0, k=20, seed=3)
+    s1, l1 = _curve(4000, 400, noise=0.01, scale=0.8, k=20, seed=4)
+    ref = _collapse.normalise_curve(s0, l0, name="ref")
+    run = _collapse.normalise_curve(s1, l1, name="run")
+    seen, figures = [], []
+    real = _collapse.collapse_residual
+    monkeypatch.setattr(
+        _collapse, "collapse_residual", lambda *a, **k: seen.append(k.get("false_alarm")) or real(*a, **k)
+    )
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    _collapse.collapse_plot([run], tmp_path / "c.png", reference=ref, threshold=0.01, false_alarm=0.2)
+    # the plot judged with the CLI's --false-alarm (it used the default 0.01 whatever was given)
+    assert seen == [0.2]
+    # the residual panel shows the level that alarms (threshold + z x noise, above the grey threshold)
+    bottom = figures[0].axes[1]
+    dotted = [ln for ln in bottom.get_lines() if ln.get_linestyle() == ":"]
+    assert len(dotted) == 2
+    assert min(dotted[0].get_ydata()) > 0.01 and max(dotted[1].get_ydata()) < -0.01
