@@ -355,6 +355,12 @@ def as_batch(data: Any) -> Batch:
         for first in data:
             return as_batch(first)
         raise ConfigError("the data iterable is empty")
+    if isinstance(data, (str, Path)):  # review R17b: transfer(data=) takes a path, so users pass one here too
+        raise ConfigError(
+            f"data={str(data)!r}: a path where one batch is needed; read it as one with "
+            f"fxparam.checks.data.TokenCorpus(load_tokens({str(data)!r})).batch(batch_size, seq_len) "
+            "(text, .npy/.bin token ids or a datasets folder; load_tokens(path, tokenizer=...) for text)"
+        )
     raise ConfigError(
         f"cannot use {type(data).__name__} as data: give (inputs, targets), a [B, T+1] token tensor, a dict "
         "with input_ids, or an iterable (DataLoader) of these"

@@ -348,3 +348,21 @@ def test_collapse_plot_draws_the_alarm_level_and_uses_the_cli_false_alarm(tmp_pa
     dotted = [ln for ln in bottom.get_lines() if ln.get_linestyle() == ":"]
     assert len(dotted) == 2
     assert min(dotted[0].get_ydata()) > 0.01 and max(dotted[1].get_ydata()) < -0.01
+
+
+def test_a_path_as_one_batch_names_how_to_read_it(tmp_path):
+    from fxparam.checks.data import TokenCorpus, load_tokens
+    from fxparam.errors import ConfigError
+
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    (tmp_path / "corpus.txt").write_text(text)
+    path = str(tmp_path / "corpus.txt")
+    # transfer(data=path) reads a file; coord_check(data=path) said only "cannot use str as data"
+    with pytest.raises(ConfigError, match=r"TokenCorpus\(load_tokens\("):
+        as_batch(path)
+    # the recipe it names works, and gives next-token pairs of the file's bytes
+    x, y = as_batch(TokenCorpus(load_tokens(path)).batch(2, 16, seed=0))
+    raw = torch.tensor(list(text.encode()))
+    for row_x, row_y in zip(x, y, strict=True):
+        start = next(i for i in range(len(raw) - 16) if torch.equal(raw[i : i + 16], row_x))
+        assert torch.equal(raw[start + 1 : start + 17], row_y)
