@@ -62,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("runs", nargs="+", type=Path, help="CSV loss logs (columns step,loss; extra columns ok)")
+    # nargs="*": with "+", "--total-steps 4000 run.csv" (flags first) failed as "runs are required",
+    # the run swallowed by --total-steps; run() names that instead (review R17b)
+    p.add_argument("runs", nargs="*", type=Path, help="CSV loss logs (columns step,loss; extra columns ok)")
     p.add_argument("--ref", type=Path, help="reference run CSV (complete; default: the first run)")
     p.add_argument(
         "--total-steps",
@@ -116,6 +118,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--out", type=Path, help="write the collapse plot (PNG) here (needs matplotlib)")
     p.set_defaults(func=run)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _totals(values: list[str] | None, n: int) -> list[float | None]:
@@ -195,6 +205,15 @@ def run(args: argparse.Namespace) -> int:
         unfinished_run,
     )
 
+    if not args.runs:
+        taken = [v for v in args.total_steps or [] if v != "-" and not _is_number(v)]
+        if taken:
+            raise RecipeError(
+                f"no run CSV: --total-steps took {', '.join(repr(v) for v in taken)} as step count(s); give the runs "
+                f"before --total-steps, or last after '--' (everything after it is a run): fxparam collapse --ref REF.csv "
+                f"--total-steps N -- {taken[0]}"
+            )
+        raise RecipeError("give at least one run CSV (columns step,loss): fxparam collapse run.csv --ref ref.csv")
     if not 0 < args.false_alarm < 1:
         raise RecipeError(f"--false-alarm is a probability in (0, 1), got {args.false_alarm}")
     columns = {"column": args.column, "step_column": args.step_column}

@@ -366,3 +366,24 @@ def test_a_path_as_one_batch_names_how_to_read_it(tmp_path):
     for row_x, row_y in zip(x, y, strict=True):
         start = next(i for i in range(len(raw) - 16) if torch.equal(raw[i : i + 16], row_x))
         assert torch.equal(raw[start + 1 : start + 17], row_y)
+
+
+def test_collapse_with_flags_first_names_the_swallowed_run(tmp_path, capsys):
+    from fxparam.cli import main
+
+    s0, l0 = _curve(1000, 200, noise=0.0, scale=1.0, k=20, seed=0)
+    s1, l1 = _curve(4000, 200, noise=0.0, scale=0.8, k=20, seed=0)
+    ref, part = tmp_path / "ref.csv", tmp_path / "part.csv"
+    _write(ref, "step,loss", [(int(s), v) for s, v in zip(s0, l0, strict=True)])
+    _write(part, "step,loss", [(int(s), v) for s, v in zip(s1[:100], l1[:100], strict=True)])  # first half
+    # "--total-steps 4000 part.csv": nargs='+' took the run as a step count -> "runs are required"
+    assert main(["collapse", "--ref", str(ref), "--total-steps", "4000", str(part)]) == 2
+    err = capsys.readouterr().err
+    assert f"--total-steps took {str(part)!r}" in err and "'--'" in err
+    # the form it names works: the first half of a run of 4000 steps, forecast against the reference
+    assert main(["collapse", "--ref", str(ref), "--total-steps", "4000", "--", str(part)]) == 0
+    out = capsys.readouterr().out
+    assert "collapse ok" in out
+    # the forecast L(T) is the run's own final loss by its formula: 0.8 * (2 + 3 / 21)
+    forecast = float(out.split("\npart")[1].split()[1].rstrip("*"))
+    assert forecast == pytest.approx(0.8 * (2 + 3 / 21), rel=0.01)
