@@ -54,6 +54,35 @@ def _require_width(analysis: Analysis, cfg: MuP) -> float:
     return analysis.width / cfg.base_width
 
 
+def _embedding_multiplier(analysis: Analysis, cfg: MuP, plan: Plan, name: str, info, skipped: list[str]) -> None:
+    """alpha_in (Tensor Programs V Table 3, input weights' forward multiplier) on the output of ``info.module``.
+
+    Only for input weights whose output is the width and that sit outside the residual blocks: a
+    factorised input ``Embedding(V, 16) -> Linear(16, d)`` gets alpha_in once (on the projection), and
+    a depthwise conv inside every block (fixed fan-in k*k, input-weight rules) is not multiplied by it.
+
+    Raises:
+        AnalysisError: the weight is a raw Parameter whose module computes more than its lookup (the
+            model's root, or a module holding other parameters): a multiplier on that module's output
+            would scale everything it computes, not the embedding alone.
+    """
+    if not info.fan_out_width or info.block is not None:
+        skipped.append(name)
+        return
+    others = [n for n, i in analysis.params.items()  # its own bias is part of the input layer's output
+              if n != name and i.module == info.module and not i.tied_to and i.role != "frozen"
+              and n != (f"{info.module}.bias" if info.module else "bias")]
+    if info.module == "" or others:
+        where = "the model's root module" if info.module == "" else f"module {info.module!r}, which also holds {others[0]!r}"
+        raise AnalysisError(
+            f"{type(cfg).__name__}: embedding_multiplier = {cfg.embedding_multiplier:g} cannot be put on input weight "
+            f"{name!r}: it is a Parameter of {where}, so no module's output is its lookup alone (a multiplier there "
+            f"would scale everything that module computes). Hold it in an nn.Embedding (or a small module that "
+            "returns the lookup / the table), or use embedding_multiplier=1."
+        )
+    plan.multiply(info.module, cfg.embedding_multiplier)
+
+
 @register_pass(MuP)
 def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
     """muP (and CompleteP, which adds the depth factors with exponent alpha)."""
@@ -80,6 +109,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
     depth_eps = m_L**alpha
     sigma = cfg.init_std
     readout_modules = {i.module for i in analysis.params.values() if i.role == "readout"}
+    skipped_alpha_in: list[str] = []
 
     for name, info in analysis.params.items():
         if info.tied_to:  # the shared tensor follows its owner's rules (embedding)
@@ -95,7 +125,8 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
             plan.params[name] = ParamPlan(
                 role="embedding", init="normal", init_std=sigma, eps_mult=1 / m_d, sgd_lr_mult=m_d
             )
-            plan.multiply(info.module, cfg.embedding_multiplier)
+            if cfg.embedding_multiplier != 1.0:
+                _embedding_multiplier(analysis, cfg, plan, name, info, skipped_alpha_in)
             if info.multiplier_at:  # the same table read out functionally: F.linear(h, wte.weight)
                 plan.multiply(info.multiplier_at, cfg.output_multiplier / m_d)
         elif info.role == "hidden":
@@ -130,6 +161,15 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 eps_mult=1 / (m_d * (depth_eps if in_block else 1.0)),
             )
 
+    if skipped_alpha_in:
+        plan.notes.append(
+            f"{type(cfg).__name__}: embedding_multiplier alpha_in = {cfg.embedding_multiplier:g} multiplies the "
+            "model's input weights whose output is the width (token / patch / position embeddings, a factorised "
+            f"input's projection); not {', '.join(skipped_alpha_in[:4])}"
+            + (f" and {len(skipped_alpha_in) - 4} more" if len(skipped_alpha_in) > 4 else "")
+            + " (no width output: a factorised input's table; or inside a residual block: a depthwise conv), "
+            "which keep input-weight init/LR rules with multiplier 1"
+        )
     if depth_rules and analysis.depth:
         from fxparam.passes.depth import scale_branches
 

@@ -256,3 +256,80 @@ def test_model_already_at_one_over_head_dim_is_not_scaled_twice() -> None:
     fxparam.transform(m, mup, example_inputs=IDS, init=False, rebuild=make)
     with torch.no_grad():
         torch.testing.assert_close(m(*IDS), ref(IDS[0], scale=1 / 16, readout_mult=0.5))
+
+
+# ----------------------------------------------------------------------------- alpha_in: input weights only, once
+
+
+class FactorisedInput(nn.Module):
+    """``Embedding(V, 16) -> Linear(16, d)``, 2 pre-norm blocks with a depthwise conv (fixed fan-in k) each."""
+
+    def __init__(self, d: int = 64) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.proj = nn.Linear(16, d)
+        self.blocks = nn.ModuleList([_DWBlock(d) for _ in range(2)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, VOCAB)
+
+    def forward(self, idx: torch.Tensor, alpha_in: float = 1.0, readout_mult: float = 1.0) -> torch.Tensor:
+        x = self.proj(self.emb(idx)) * alpha_in
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x) * readout_mult)
+
+
+class _DWBlock(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.dw = nn.Conv1d(d, d, 3, padding=1, groups=d)  # weight [d, 1, 3]: fan-in 3, fan-out width
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw(self.ln(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.fc(F.gelu(h))
+
+
+def test_alpha_in_once_on_a_factorised_input_and_never_on_an_in_block_depthwise_conv() -> None:
+    # alpha_in multiplies the model's input weight whose output is the width (proj); the 16-wide table has no
+    # width dim and the depthwise convs read the residual stream: x1 (before: x alpha_in on emb, on proj and on
+    # every block's dw: the embedding x100 and each branch x10)
+    m = FactorisedInput()
+    ref = copy.deepcopy(m)
+    mup = fxparam.MuP(base_width=32, embedding_multiplier=10.0)
+    p = fxparam.plan(m, mup, example_inputs=IDS)
+    assert p.output_multipliers == {"proj": pytest.approx(10.0)}
+    assert p.params["blocks.0.dw.weight"].role == "embedding"  # fixed fan-in: input-weight init/LR rules
+    fxparam.transform(m, mup, example_inputs=IDS, init=False)
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), ref(IDS[0], alpha_in=10.0, readout_mult=0.5))
+
+
+class RawTableLM(nn.Module):
+    """Token table as a raw Parameter of the root, looked up with ``F.embedding``; readout ``h @ W``."""
+
+    def __init__(self, d: int = 64) -> None:
+        super().__init__()
+        self.E = nn.Parameter(torch.randn(VOCAB, d) * 0.02)
+        self.blocks = nn.ModuleList([_DWBlock(d) for _ in range(2)])
+        self.ln_f = nn.LayerNorm(d)
+        self.W = nn.Parameter(torch.randn(d, VOCAB) * 0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(idx, self.E)
+        for b in self.blocks:
+            x = b(x)
+        return self.ln_f(x) @ self.W
+
+
+def test_alpha_in_on_a_raw_table_of_the_root_is_refused() -> None:
+    # before: alpha_in went on the root module's output, i.e. the logits x10, silently
+    with pytest.raises(AnalysisError, match=r"'E'.*nn\.Embedding"):
+        fxparam.plan(RawTableLM(), fxparam.MuP(base_width=32, embedding_multiplier=10.0), example_inputs=IDS)
+    # alpha_in = 1 needs no multiplier: the readout's alpha_out/m_d = 1/2 lands on the final norm, by use
+    m = RawTableLM()
+    ref = copy.deepcopy(m)
+    fxparam.transform(m, fxparam.MuP(base_width=32), example_inputs=IDS, init=False)
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), ref(*IDS) * 0.5)
