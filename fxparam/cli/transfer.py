@@ -191,6 +191,27 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _epochs_note(args: argparse.Namespace, tokens_per_run: int) -> str:
+    """A warning when each run reads the training split of --data more than once (review R17b).
+
+    A run of ``steps x batch x seq_len`` tokens drawn from fewer training tokens repeats them:
+    the held-out loss then rewards memorisation too, and the best LR can move with the epoch count
+    (the sweep no longer measures the transfer of a single-pass pre-training LR).
+    """
+    if args.data is None:
+        return ""
+    from fxparam.checks.transfer import _corpus  # cached: transfer() reads the same corpus
+
+    train = len(_corpus(args.data, args.tokenizer).train)
+    if tokens_per_run <= train:
+        return ""
+    return (
+        f"each run reads {tokens_per_run:,} tokens from the {train:,} training tokens of --data "
+        f"({tokens_per_run / train:.1f} epochs): the held-out loss then rewards memorising the data too, and "
+        "the best LR can move with the epoch count; give more data, or fewer --steps / --batch-size / --seq-len"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the sweep, print the optimum table, write JSON, CSV and the plot."""
     from fxparam.checks.transfer import transfer
@@ -211,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
         f"{len(kwargs['lrs'])} LRs x {len(kwargs['seeds'])} seed(s)), {tokens:,} tokens each, on {jobs} process(es)",
         file=sys.stderr,
     )
+    epochs_note = _epochs_note(args, tokens)
+    if epochs_note:
+        print(f"warning: {epochs_note}", file=sys.stderr)
     bar = progress_bar(n, "transfer", args.progress)
     start = time.perf_counter()
     try:
@@ -232,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         f"\n\n{trained} run(s) trained in {seconds:.0f} s ({cpu:.0f} CPU-s in {jobs} process(es))"
         + (f", {res.resumed} re-used from {results}" if res.resumed else "")
         + "."
-    )
+    ) + (f"\nNote: {epochs_note}" if epochs_note else "")
     print(text)
     written = [res.save(out / f"{args.vary}.json"), res.to_csv(out / f"{args.vary}.csv")]
     (out / f"{args.vary}_summary.md").write_text(text + "\n", encoding="utf-8")

@@ -387,3 +387,44 @@ def test_collapse_with_flags_first_names_the_swallowed_run(tmp_path, capsys):
     # the forecast L(T) is the run's own final loss by its formula: 0.8 * (2 + 3 / 21)
     forecast = float(out.split("\npart")[1].split()[1].rstrip("*"))
     assert forecast == pytest.approx(0.8 * (2 + 3 / 21), rel=0.01)
+
+
+def test_transfer_warns_when_runs_repeat_the_users_data(tmp_path, monkeypatch, capsys):
+    from fxparam.cli import main
+
+    data = bytes(range(32, 127)) * 32  # 3040 bytes of text; the training split is the first 90%
+    (tmp_path / "small.txt").write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    train = int(len(data) * 0.9)
+    base = [
+        "transfer",
+        "--data",
+        "small.txt",
+        "--param",
+        "mup",
+        "--widths",
+        "16,32",
+        "--lrs",
+        "2^-8",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--eval-batches",
+        "1",
+        "--jobs",
+        "1",
+        "--no-progress",
+        "--no-plot",
+    ]
+    # 100 steps x 2 x 16 = 3200 tokens per run from 2736 training tokens: 1.2 epochs, warned
+    assert main([*base, "--steps", "100", "--out", "a"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        f"3,200 tokens from the {train:,} training tokens" in captured.err
+        and f"({3200 / train:.1f} epochs)" in captured.err
+    )
+    assert "epochs" in (tmp_path / "a" / "width_summary.md").read_text()
+    # negative control: 50 steps (1600 tokens) read less than one epoch: no warning
+    assert main([*base, "--steps", "50", "--out", "b"]) == 0
+    assert "epochs" not in capsys.readouterr().err
