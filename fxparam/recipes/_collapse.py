@@ -166,7 +166,8 @@ def read_loss_csv(
     ``Step,train/loss,train/loss__MIN,train/loss__MAX`` reads ``train/loss``), else ``Value`` in a
     TensorBoard export (header ``Wall time,Step,Value``: one scalar, the one exported). Rows whose
     loss cell is empty (metrics logged at other steps) are skipped. Fields are separated by
-    commas, tabs or semicolons (whichever the header line uses, in that order).
+    commas, tabs or semicolons (whichever the header line uses, in that order). Rows in another
+    order (newest first) are sorted by step when no step repeats.
 
     Args:
         path: the CSV file.
@@ -179,7 +180,7 @@ def read_loss_csv(
 
     Raises:
         RecipeError: missing file or columns, several candidate loss columns, non-numeric /
-            non-finite values, or steps that do not strictly increase (deduplicate resumed logs first).
+            non-finite values, or a step logged twice (deduplicate resumed logs first).
 
     Example:
         >>> import tempfile, os
@@ -222,7 +223,12 @@ def read_loss_csv(
             losses.append(loss)
     if len(steps) < 2:
         raise RecipeError(f"{where}: need at least 2 rows of step,loss; got {len(steps)}")
-    st = np.asarray(steps)
+    st, ls = np.asarray(steps), np.asarray(losses)
+    if np.unique(st).size == st.size and (np.diff(st) < 0).any():
+        # rows out of order (an export sorted newest first): each step once, so the order carries no
+        # information; sorted here (review R17b: was "deduplicate resumed logs", not the cause)
+        order = np.argsort(st, kind="stable")
+        st, ls = st[order], ls[order]
     bad = np.diff(st) <= 0
     if bad.any():
         i = int(np.argmax(bad)) + 1
@@ -230,7 +236,7 @@ def read_loss_csv(
             f"{where}: steps must strictly increase, but step {st[i]:g} follows {st[i - 1]:g}; "
             "deduplicate resumed logs (keep the latest entry per step)"
         )
-    return st, np.asarray(losses)
+    return st, ls
 
 
 def noise_level(losses: npt.ArrayLike) -> float:

@@ -428,3 +428,19 @@ def test_transfer_warns_when_runs_repeat_the_users_data(tmp_path, monkeypatch, c
     # negative control: 50 steps (1600 tokens) read less than one epoch: no warning
     assert main([*base, "--steps", "50", "--out", "b"]) == 0
     assert "epochs" not in capsys.readouterr().err
+
+
+def test_collapse_reads_rows_newest_first_and_still_refuses_repeated_steps(tmp_path):
+    from fxparam.errors import RecipeError
+    from fxparam.recipes._collapse import read_loss_csv
+
+    steps, loss = _curve(1000, 50, noise=0.01, scale=1.0, k=20, seed=5)
+    rows = [(int(s), v) for s, v in zip(steps, loss, strict=True)]
+    _write(tmp_path / "desc.csv", "step,loss", rows[::-1])  # an export sorted newest first
+    s, v = read_loss_csv(tmp_path / "desc.csv")  # was refused: "deduplicate resumed logs"
+    np.testing.assert_array_equal(s, steps)
+    np.testing.assert_array_equal(v, loss)
+    # a resumed log (steps 200..300 logged again) is still refused: which entry to keep is the user's call
+    _write(tmp_path / "dup.csv", "step,loss", rows + rows[10:15])
+    with pytest.raises(RecipeError, match="deduplicate"):
+        read_loss_csv(tmp_path / "dup.csv")
