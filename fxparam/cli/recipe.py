@@ -125,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
     from fxparam.recipes import recommend
 
     has_lr = args.lr is not None or args.base_lr is not None
+    if args.b_crit and args.b_crit[0] > args.b_crit[1]:
+        # one batch cannot hold more tokens than were trained when it was measured (review R17b:
+        # '--b-crit 1e15 1B' was accepted); a swapped pair is the likely cause
+        raise RecipeError(
+            f"--b-crit {args.b_crit[0]:g} {args.b_crit[1]:g}: a critical batch of {args.b_crit[0]:g} tokens measured "
+            f"after {args.b_crit[1]:g} tokens is larger than all the tokens trained by then; the order is "
+            "B_CRIT_TOKENS AT_TOKENS (e.g. --b-crit 1M 10B)"
+        )
     if not has_lr and args.weight_decay is not None:
         raise RecipeError("--weight-decay without an LR: give --lr or --base-lr to compute tau")
     recipe = recommend(
@@ -152,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     rows = {
         "params N": f"{recipe.params:.4g}",
         "tokens D": f"{recipe.tokens:.4g}",
-        "tokens/param TPP": f"{recipe.tpp:.2f}",
+        "tokens/param TPP": f"{recipe.tpp:.4g}",  # .2f printed 0.00 at TPP 0.001 (review R17b)
         "seq len": f"{recipe.seq_len}",
         "batch B": f"{recipe.batch_size} seq = {recipe.batch_tokens:,} tokens (B_opt {recipe.b_opt:.1f} seq)",
         "steps": f"{recipe.steps:,}",

@@ -444,3 +444,16 @@ def test_collapse_reads_rows_newest_first_and_still_refuses_repeated_steps(tmp_p
     _write(tmp_path / "dup.csv", "step,loss", rows + rows[10:15])
     with pytest.raises(RecipeError, match="deduplicate"):
         read_loss_csv(tmp_path / "dup.csv")
+
+
+def test_recipe_tpp_to_four_figures_and_b_crit_order(capsys):
+    from fxparam.cli import main
+
+    # D = TPP x N: 1e6 tokens for 1e9 parameters is TPP 0.001 (was printed 0.00)
+    assert main(["recipe", "--params", "1B", "--tokens", "1M"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("tokens/param"))
+    assert float(line.split()[-1]) == pytest.approx(1e6 / 1e9)
+    # a critical batch larger than the tokens trained when it was measured (swapped pair) is refused
+    assert main(["recipe", "--params", "1B", "--tpp", "20", "--b-crit", "1B", "1M"]) == 2
+    assert "B_CRIT_TOKENS AT_TOKENS" in capsys.readouterr().err
+    assert main(["recipe", "--params", "1B", "--tpp", "20", "--b-crit", "1M", "1B"]) == 0  # control
