@@ -10,7 +10,14 @@ import torch.nn as nn
 from fxparam.analysis.dims import DimAnalysis
 from fxparam.analysis.facts import Analysis, AttentionSite, NormSite, ParamInfo, ResidualSite, WidthConstant
 from fxparam.analysis.graph import build_graph
-from fxparam.analysis.rebuild import Rebuild, changed_axes, warn_constants, wider, width_constants
+from fxparam.analysis.rebuild import (
+    Rebuild,
+    changed_axes,
+    module_constants,
+    warn_constants,
+    wider,
+    width_constants,
+)
 from fxparam.analysis.roles import check_overrides, override, param_role, warn_unclassified
 from fxparam.analysis.structure import StructureFinder
 from fxparam.capture import Capture, capture
@@ -106,6 +113,11 @@ def analyse(
     skeleton_sites = sf.attention_sites()  # first: its scaling ops are the attention rule's, not width constants
     found = width_constants(mg, model, width, emb_modules, second, exclude=sf.attention_scale_nodes)
     notes += warn_constants(found)
+    others = [] if second is not None else module_constants(
+        mg, model, emb_modules, sf.attention_scale_nodes, {c.node for c in found})
+    forward_constants = [WidthConstant(module=o, value=c.value, exponent=0.0, scales=r, on=c.on, evidence=c.evidence)
+                         for c in others for o, r in zip([c.module] * len(cap.real_names(c.scales or "")),
+                                                         cap.real_names(c.scales or ""), strict=True)]
     constants = []
     for c in found:  # the last captured block stands for the blocks past it: one constant per real module
         reals = cap.real_names(c.scales) if c.scales else [None]
@@ -201,6 +213,7 @@ def analyse(
         capture_method=cap.method,
         notes=notes,
         width_constants=constants,
+        forward_constants=forward_constants,
         capture_seconds=round(cap.seconds, 4),
     )
 

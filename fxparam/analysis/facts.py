@@ -155,6 +155,11 @@ class Analysis(_Fact):
     capture_method: str = "export"
     notes: list[str] = Field(default_factory=list, description="warnings and decisions (unclassified parameters...)")
     width_constants: list[WidthConstant] = Field(default_factory=list)
+    forward_constants: list[WidthConstant] = Field(
+        default_factory=list,
+        description="without a second build: other constants that alone scale a module's input or output "
+                    "(exponent unknown); the width passes warn when one equals m_d^k",
+    )
     capture_seconds: float = 0.0
 
     def to_json(self, **kwargs: object) -> str:

@@ -177,6 +177,27 @@ def width_constants(
     return found
 
 
+def module_constants(
+    mg: ModelGraph, model: nn.Module, embedding_modules: set[str], exclude: set[str], skip: set[str],
+) -> list[FoundConstant]:
+    """Without a second build: every other scalar constant that alone scales a module's input or output
+    (``logits * (d_base / d)``, mup's ``output_mult / width_mult``). The width passes compare them with
+    m_d^k: a match is muP-style code already in the forward, which muP would count twice."""
+    found: list[FoundConstant] = []
+    for node, (value, operand) in scalar_constants(mg, model).items():
+        if abs(value - 1.0) < 1e-12 or node in exclude or node in skip or _is_reduction(mg, operand):
+            continue
+        scales, on = _embedding_scaled(mg, operand, node, embedding_modules), "output"
+        if scales is None:
+            scales, on = _consumer_module(mg, node), "input"
+        if scales is None:
+            scales, on = _producer_module(mg, operand, node), "output"
+        if scales is not None:
+            found.append(FoundConstant(node=node, module=mg.owner.get(node, ""), value=value, exponent=0.0,
+                                       scales=scales, evidence="no second build", on=on))
+    return found
+
+
 _REDUCTIONS = {"aten.sum.dim_IntList", "aten.sum.default", "aten.linalg_vector_norm.default",
                "aten.norm.ScalarOpt_dim", "aten.norm.Scalar"}
 

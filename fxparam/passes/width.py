@@ -54,6 +54,31 @@ def _require_width(analysis: Analysis, cfg: MuP) -> float:
     return analysis.width / cfg.base_width
 
 
+def _mup_style_constants(analysis: Analysis, cfg: MuP, plan: Plan, m_d: float) -> None:
+    """A constant on a readout's / embedding's input or output equal to m_d^k (no second build): muP-style
+    code already in the forward (``logits * d_base / d``, mup's ``output_mult / width_mult()``). muP adds its
+    own alpha_out/m_d there, so the model would get the width factor twice: warn, naming rebuild=."""
+    if abs(m_d - 1.0) < 1e-12:
+        return
+    ends = {i.module for i in analysis.params.values() if i.role in ("readout", "embedding")}
+    ends |= {i.multiplier_at.removeprefix(INPUT) for i in analysis.params.values() if i.multiplier_at}
+    seen: set[tuple[str, float]] = set()
+    for c in analysis.forward_constants:
+        if c.scales not in ends or (c.module, c.value) in seen:
+            continue
+        k = next((k for k in (1.0, -1.0, 0.5, -0.5) if math.isclose(c.value, m_d**k, rel_tol=1e-4)), None)
+        if k is None:
+            continue
+        seen.add((c.module, c.value))
+        msg = (f"{type(cfg).__name__}: constant x{c.value:.4g} on the {c.on} of {c.scales!r} equals m_d^{k:g} "
+               f"(m_d = {analysis.width}/{cfg.base_width}): if it is muP-style code already in the forward "
+               "(logits * d_base/d, mup's output_mult/width_mult), muP's own multiplier there counts the width "
+               "twice. Pass rebuild=make(width) (a second build confirms it changes with width and fxparam divides "
+               "it out), or remove it; if it is a fixed constant, ignore this warning")
+        plan.notes.append(msg)
+        warnings.warn(msg, stacklevel=4)
+
+
 def _embedding_multiplier(analysis: Analysis, cfg: MuP, plan: Plan, name: str, info, skipped: list[str]) -> None:
     """alpha_in (Tensor Programs V Table 3, input weights' forward multiplier) on the output of ``info.module``.
 
@@ -161,6 +186,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 eps_mult=1 / (m_d * (depth_eps if in_block else 1.0)),
             )
 
+    _mup_style_constants(analysis, cfg, plan, m_d)
     if skipped_alpha_in:
         plan.notes.append(
             f"{type(cfg).__name__}: embedding_multiplier alpha_in = {cfg.embedding_multiplier:g} multiplies the "

@@ -333,3 +333,61 @@ def test_alpha_in_on_a_raw_table_of_the_root_is_refused() -> None:
     fxparam.transform(m, fxparam.MuP(base_width=32), example_inputs=IDS, init=False)
     with torch.no_grad():
         torch.testing.assert_close(m(*IDS), ref(*IDS) * 0.5)
+
+
+# ----------------------------------------------------------------------------- muP-style constants, no second build
+
+
+class MupStyleReadoutLM(nn.Module):
+    """The user's own muP readout in forward: ``logits * base_width / width`` (mup's output_mult/width_mult)."""
+
+    def __init__(self, d: int = 64, base: int = 32, own_mup: bool = True) -> None:
+        super().__init__()
+        self.factor = base / d if own_mup else 0.3
+        self.wte = nn.Embedding(VOCAB, d)
+        self.blocks = nn.ModuleList([_DWBlock(d) for _ in range(2)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, VOCAB)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln_f(x)) * self.factor
+
+
+def test_mup_style_readout_constant_without_a_second_build_is_loud() -> None:
+    # 0.5 = 32/64 = m_d^-1 on the readout's output: muP's alpha_out/m_d on top counts the width twice
+    # (logits x 1/m_d^2). Before: silent (0.5 is no power of the width itself, so nothing was said)
+    with pytest.warns(UserWarning, match=r"x0\.5 on the output of 'head' equals m_d\^-1.*rebuild="):
+        p = fxparam.plan(MupStyleReadoutLM(), fxparam.MuP(base_width=32), example_inputs=IDS)
+    assert any("counts the width twice" in n for n in p.notes)
+
+
+def test_fixed_readout_constant_is_quiet() -> None:  # control: 0.3 is not a power of m_d = 2
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = fxparam.plan(MupStyleReadoutLM(own_mup=False), fxparam.MuP(base_width=32), example_inputs=IDS)
+    assert not [w for w in caught if "counts the width twice" in str(w.message)]
+    assert not any("counts the width twice" in n for n in p.notes)
+
+
+def test_mup_style_readout_constant_with_a_second_build_is_divided_out() -> None:
+    # with rebuild= the constant is seen to change (0.5 at 64, 0.25 at 128): muP divides it out (x m_d) and puts
+    # its own alpha_out/m_d on the readout's input (as mup's MuReadout: the bias is not scaled):
+    # logits = head(h / m_d) * (0.5 * m_d) -- the base model's constant 32/32, muP's readout multiplier
+    m = MupStyleReadoutLM()
+    ref = copy.deepcopy(m)
+    fxparam.transform(m, fxparam.MuP(base_width=32), example_inputs=IDS, init=False,
+                      rebuild=lambda w: MupStyleReadoutLM(d=w))
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), ref.head(ref.ln_f(_trunk(ref, IDS[0])) * 0.5) * (0.5 * 2))
+
+
+def _trunk(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    x = m.wte(idx)
+    for b in m.blocks:
+        x = b(x)
+    return x
