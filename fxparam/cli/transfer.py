@@ -63,7 +63,7 @@ to zero (fxparam.recipes.schedules.d2z), byte tokens of Python's documentation (
 batches for every run; loss measured on the held-out tail.  The LR on the x axis is the base
 LR: the LR of the base model (the smallest width), which muP rescales per parameter group.
 muP's output multiplier alpha_out is a base hyperparameter too (--output-multiplier, 8 over
-width: tuned at width 32). The summary checks muP's promise "wider is better": at each width's
+width for the built-in GPT: tuned at width 32; 1 for other models). The summary checks muP's promise "wider is better": at each width's
 best LR the held-out loss must not rise (SP is shown for comparison).
 
 Re-running with the same settings re-uses finished runs from DIR/<vary>.jsonl (--fresh
@@ -124,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         metavar="ALPHA_OUT",
         help="muP/CompleteP output multiplier alpha_out at the base width, a base hyperparameter "
-        "(default 8 over width: tuned at width 32 on the built-in GPT; 1 over depth)",
+        "(default 8 over width for the built-in GPT, tuned at width 32; 1 over depth and for any other "
+        "model: muP at the base width is then the model as written; tune it like the LR)",
     )
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per point, averaged (default 1)")
     p.add_argument("--eval-batches", type=positive_int, default=16, help="held-out batches (default 16)")
@@ -185,7 +186,10 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "eval_batches": args.eval_batches,
         "data": args.data,
         "tokenizer": args.tokenizer,
-        "output_multiplier": args.output_multiplier or preset["output_multiplier"],
+        # alpha_out 8 was tuned on the built-in GPT; another model gets 1, muP at the base width being the
+        # model as written (review R17b: a user's factory got the GPT's 8 silently, so its muP and SP
+        # runs differed at the base width)
+        "output_multiplier": args.output_multiplier or (preset["output_multiplier"] if args.model == "gpt" else 1.0),
         "device": args.device,
         "dtype": args.dtype,
     }

@@ -457,3 +457,58 @@ def test_recipe_tpp_to_four_figures_and_b_crit_order(capsys):
     assert main(["recipe", "--params", "1B", "--tpp", "20", "--b-crit", "1B", "1M"]) == 2
     assert "B_CRIT_TOKENS AT_TOKENS" in capsys.readouterr().err
     assert main(["recipe", "--params", "1B", "--tpp", "20", "--b-crit", "1M", "1B"]) == 0  # control
+
+
+def test_transfer_does_not_give_a_users_model_the_gpts_tuned_alpha_out(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+
+    from fxparam.cli import main
+
+    (tmp_path / "r17b_tiny.py").write_text(
+        "import torch.nn as nn\n\n\n"
+        "def make(width, depth=1):\n"
+        "    return nn.Sequential(nn.Embedding(256, width), *[nn.Linear(width, width) for _ in range(depth)],\n"
+        "                         nn.Linear(width, 256))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "r17b_tiny", raising=False)
+    base = [
+        "transfer",
+        "--model",
+        "r17b_tiny:make",
+        "--widths",
+        "16,32",
+        "--lrs",
+        "2^-8",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--eval-batches",
+        "1",
+        "--jobs",
+        "1",
+        "--no-progress",
+        "--no-plot",
+    ]
+
+    def losses(out: str, *extra: str) -> dict[str, float]:
+        assert main([*base, "--out", out, *extra]) == 0, capsys.readouterr()
+        data = json.loads((tmp_path / out / "width.json").read_text())
+        return data["settings"]["output_multiplier"], {
+            p["param"]: p["eval_loss"] for p in data["points"] if p["size"] == 16
+        }
+
+    # alpha_out is a base hyperparameter of *a* model (Tensor Programs V: tuned like the LR, 1 untuned);
+    # the 8 tuned on the built-in GPT reached a user's model and scaled its muP logits by 8
+    alpha, default = losses("a")
+    assert alpha == 1.0
+    alpha, one = losses("b", "--output-multiplier", "1")
+    assert default["mup"] == one["mup"] and default["sp"] == one["sp"]
+    # negative control: the GPT's 8, given by hand, changes the user's muP model (SP has no alpha_out)
+    alpha, eight = losses("c", "--output-multiplier", "8")
+    assert alpha == 8.0 and eight["mup"] != default["mup"] and eight["sp"] == default["sp"]
