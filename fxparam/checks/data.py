@@ -291,6 +291,8 @@ def _pair_reading(data: Any) -> str | None:
     if x.shape != y.shape:
         if x.dim() >= 1 and y.dim() >= 1 and x.shape[0] != y.shape[0] and x.shape[1:] == y.shape[1:]:
             return "batches"
+        if x.dim() == y.dim() == 2 and not (x.is_floating_point() or y.is_floating_point()):
+            return "ambiguous"  # token batches of two lengths, or targets of another length
         return "pair"
     if x.dim() != 2 or x.shape[1] < 2 or x.is_floating_point() or y.is_floating_point():
         return "pair"
@@ -326,7 +328,7 @@ def as_batch(data: Any) -> Batch:
         return data[0][:, :-1], data[1][:, 1:]
     if reading == "ambiguous":
         warnings.warn(
-            f"data: 2 token tensors of shape {list(data[0].shape)} read as one (inputs, targets) batch, but the "
+            f"data: 2 token tensors of shapes {list(data[0].shape)}, {list(data[1].shape)} read as one (inputs, targets) batch, but the "
             "targets are neither the inputs shifted by one token (targets[:, :-1] == inputs[:, 1:]) nor the "
             "inputs themselves (labels): if they are two batches of token ids, pass an iterator or DataLoader "
             "(iter([batch1, batch2])); if your loss_fn expects these targets, ignore this warning",

@@ -79,9 +79,14 @@ def test_transfer_data_as_one_batch_is_one_batch(single):
     assert len(fb.train) == 1
     x, y = fb.train[0]
     assert torch.equal(x, hx) and torch.equal(y, hy)
-    # negative control: an iterable of batches is still read batch by batch
+    # negative control: an iterable of batches is still read batch by batch, two of them too, also when
+    # their lengths differ (variable-length batches, not inputs and targets)
     fb = FixedBatches([IDS[:4], IDS[4:], IDS[:4]], eval_count=1)
     assert [tuple(x.shape) for x, _ in fb.train] == [(4, 16), (4, 16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fb = FixedBatches([IDS[:4], IDS[4:, :9]], eval=[IDS[:2]])
+    assert [tuple(x.shape) for x, _ in fb.train] == [(4, 16), (4, 8)]
 
 
 # ---------------------------------------------------------------- collapse: CSV exports and what "ok" claims
