@@ -26,7 +26,7 @@ from typing import Any
 
 from fxparam.analysis.dims import Contraction, DimAnalysis
 from fxparam.analysis.graph import ModelGraph
-from fxparam.analysis.structure import TRANSPARENT_OPS, StructureFinder
+from fxparam.analysis.structure import SCALE_OPS, TRANSPARENT_OPS, StructureFinder
 
 #: Role names a user may pass in ``roles={...}`` overrides.
 OVERRIDE_ROLES = ("embedding", "hidden", "readout", "vector", "frozen")
@@ -166,7 +166,7 @@ def readout_site(mg: ModelGraph, sf: StructureFinder, alias: str, c: Contraction
     (``ln_f`` for ``F.linear(self.ln_f(x), self.wte.weight)``); None when there is no such module.
     """
     owner = mg.owner.get(c.op, "")
-    if owner and owner == _module_of(alias):
+    if owner and owner == _module_of(alias) and _linear_in_module_input(mg, sf, c.activation, owner):
         return INPUT + owner
     if c.activation is None or c.activation not in mg.nodes:
         return None
@@ -189,6 +189,25 @@ def readout_site(mg: ModelGraph, sf: StructureFinder, alias: str, c: Contraction
                 continue  # inside the producing module itself
             return None
     return module
+
+
+def _linear_in_module_input(mg: ModelGraph, sf: StructureFinder, activation: str | None, owner: str) -> bool:
+    """The readout's input is ``owner``'s input through views and constant factors only (an nn.Linear head,
+    mup's MuReadout scaling its input): an input multiplier on ``owner`` then scales the readout alone.  False
+    when ``owner`` computes the readout's input itself (a raw router Parameter in an MoE block reading
+    ``self.ln(x)``: the block's input is the residual stream, skip included)."""
+    cur = activation
+    for _ in range(64):
+        if cur is None or cur not in mg.nodes:
+            return cur is None
+        where = mg.owner.get(cur, "")
+        if where != owner and not where.startswith(owner + "."):
+            return True  # produced outside the module: its input
+        args = sf._data_args(cur)
+        if len(args) != 1 or mg.target(cur) not in TRANSPARENT_OPS | SCALE_OPS:
+            return False
+        cur = args[0]
+    return False
 
 
 def matches(name: str, key: str) -> bool:

@@ -79,6 +79,23 @@ def _mup_style_constants(analysis: Analysis, cfg: MuP, plan: Plan, m_d: float) -
         warnings.warn(msg, stacklevel=4)
 
 
+def _readout_multiplier(analysis: Analysis, cfg: MuP, plan: Plan, name: str, info, factor: float) -> None:
+    """alpha_out/m_d where the analysis placed it, else on the input of the readout's module -- never on the
+    input of the model or of a residual block (a raw router Parameter inside an MoE block): that input is the
+    residual stream, skip included.  There the multiplier is left out and a note says so (the analysis
+    already warned, naming the fix)."""
+    if info.multiplier_at:
+        plan.multiply(info.multiplier_at, factor)
+    elif info.module == "" or info.module in analysis.blocks:
+        plan.notes.append(
+            f"{type(cfg).__name__}: readout multiplier alpha_out/m_d = {factor:.4g} NOT applied to {name!r}: no "
+            f"module's input or output is its input alone ({info.module or 'the root'!r} also computes the rest "
+            "of the model); compute it in an nn.Linear, or pass roles={name: 'vector'} to keep SP rules knowingly"
+        )
+    else:
+        plan.multiply(INPUT + info.module, factor)
+
+
 def _embedding_multiplier(analysis: Analysis, cfg: MuP, plan: Plan, name: str, info, skipped: list[str]) -> None:
     """alpha_in (Tensor Programs V Table 3, input weights' forward multiplier) on the output of ``info.module``.
 
@@ -140,7 +157,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
         if info.tied_to:  # the shared tensor follows its owner's rules (embedding)
             plan.params[name] = ParamPlan(role=info.role, tied_to=info.tied_to)
             if info.role == "readout":
-                plan.multiply(info.multiplier_at or INPUT + info.module, cfg.output_multiplier / m_d)
+                _readout_multiplier(analysis, cfg, plan, name, info, cfg.output_multiplier / m_d)
             continue
         in_block = info.block is not None
         if info.role == "frozen":  # user override: left as it is, never updated
@@ -172,7 +189,7 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
                 sgd_lr_mult=m_d,
                 eps_mult=1 / m_d,  # as the embedding (CompleteP reference code)
             )
-            plan.multiply(info.multiplier_at or INPUT + info.module, cfg.output_multiplier / m_d)
+            _readout_multiplier(analysis, cfg, plan, name, info, cfg.output_multiplier / m_d)
         else:  # vectors: biases, norm gains
             is_bias = name.rsplit(".", 1)[-1] == "bias"  # table init 0 (norm gains keep their 1)
             has_width = info.fan_out_width and info.module not in readout_modules  # a readout bias has none

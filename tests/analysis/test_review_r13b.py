@@ -391,3 +391,39 @@ def _trunk(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     for b in m.blocks:
         x = b(x)
     return x
+
+
+# ----------------------------------------------------------------------------- a raw router Parameter in the block
+
+
+class RawRouterBlock(MoEBlock):
+    """Router as a raw Parameter of the block: ``softmax(F.linear(self.ln(x), self.gate_w))``."""
+
+    def __init__(self, d: int, experts: int = 3) -> None:
+        super().__init__(d, experts, shared=False)
+        del self.router
+        self.gate_w = nn.Parameter(torch.randn(experts, d) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        g = F.softmax(F.linear(h, self.gate_w), -1)
+        return x + sum(g[..., e : e + 1] * self.down[e](F.gelu(self.up[e](h))) for e in range(len(self.up)))
+
+
+def test_raw_router_in_a_block_never_scales_the_block_input() -> None:
+    # before: alpha_out/m_d went on the input of the whole block (the residual stream, skip included: x0.5 on
+    # every block's input, silently). The router's input ln(x) also feeds the experts: no module carries the
+    # multiplier alone, so it is loud (warning naming roles=) and the block is left as it is; head: 1/2 by hand
+    m = MoELM(d=64, depth=2)
+    m.blocks = nn.ModuleList([RawRouterBlock(64) for _ in range(2)])
+    ref = copy.deepcopy(m)
+    mup = fxparam.MuP(base_width=32)
+    with pytest.warns(UserWarning, match=r"blocks\.0\.gate_w.*roles="):
+        p = fxparam.plan(m, mup, example_inputs=IDS)
+    assert p.params["blocks.0.gate_w"].role == "readout"
+    assert p.input_multipliers == {"head": pytest.approx(0.5)} and p.output_multipliers == {}
+    assert any("NOT applied to 'blocks.0.gate_w'" in n for n in p.notes)
+    with pytest.warns(UserWarning):
+        fxparam.transform(m, mup, example_inputs=IDS, init=False)
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), ref.head(ref.ln_f(_trunk(ref, IDS[0])) * 0.5))
