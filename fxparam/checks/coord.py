@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -411,8 +411,31 @@ class _Recorder:
             h.remove()
 
 
+def _logits_of(model: nn.Module, out: Any) -> torch.Tensor:
+    """Logits from a tensor, ``(logits, ...)``, a dict or an HF output (``.logits``)."""
+    if isinstance(out, Mapping):
+        if "logits" not in out:
+            raise ConfigError(
+                f"lm_loss: {type(model).__name__} returned a dict without 'logits' (keys {sorted(out)}); return the "
+                "logits, a dict with 'logits', or pass loss_fn=..."
+            )
+        return out["logits"]
+    return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+
+
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy for models returning logits, (logits, ...) or an HF output."""
+    """Next-token cross-entropy for models returning logits, (logits, ...), a dict or an HF output.
+
+    Args:
+        batch: ``(x, y)``, token ids [B, T] and next-token targets [B, T].
+
+    Returns:
+        The mean cross-entropy in nats per token (float32).
+
+    Raises:
+        ConfigError: an encoder-decoder (its encoder would see the targets), ids past the model's
+            token or position table, logits not [B, T, vocab].
+    """
     x, y = batch
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         raise ConfigError(
@@ -422,12 +445,14 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
         )
     try:
         out = model(x)
-    except IndexError as exc:  # an embedding lookup past the table: the data's ids do not fit the model
+    except IndexError as exc:  # a lookup past a table: token ids past the vocabulary or positions past the table
         raise ConfigError(
-            f"lm_loss: the model failed on token ids up to {int(x.max())} ({exc}): they are outside the model's "
-            "vocabulary; build it with a vocabulary that covers the data (--vocab, or --tokenizer for text)"
+            f"lm_loss: the model failed on a batch of token ids up to {int(x.max())} and {x.shape[-1]} positions "
+            f"({exc}): ids outside the model's vocabulary (build it with a vocabulary that covers the data: --vocab, "
+            "or --tokenizer for text) or positions past its position table (a shorter --seq-len, or a model with "
+            "more positions)"
         ) from exc
-    logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+    logits = _logits_of(model, out)
     if logits.shape[:2] != y.shape:
         raise ConfigError(
             f"lm_loss: logits of shape {tuple(logits.shape)} do not match targets {tuple(y.shape)}; "
@@ -439,6 +464,36 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
             "build the model with a vocabulary that covers the data (--vocab, or --tokenizer for text)"
         )
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+
+def looks_ahead(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model's output at a position depends on later tokens (a bidirectional encoder).
+
+    Measured, not guessed from the class: the last token of one sequence is changed and the
+    logits at the earlier positions compared. A next-token loss on such a model shows it each
+    target in its input (BERT-style encoders), so its loss says nothing about language modelling.
+
+    Args:
+        x: token ids [B, T] (T >= 2); the first sequence is used.
+    """
+    if x.dim() != 2 or x.shape[1] < 2:
+        return False
+    one = x[:1]
+    other = one.clone()
+    other[0, -1] = one[0, 0] if int(one[0, 0]) != int(one[0, -1]) else one[0, 1]
+    if torch.equal(one, other):
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            a, b = _logits_of(model, model(one)), _logits_of(model, model(other))
+    finally:
+        model.train(was_training)
+    if a.dim() < 2 or a.shape[:2] != one.shape:
+        return False
+    before_last = (a[:, :-1] - b[:, :-1]).abs().max()
+    return bool(before_last > 1e-5 * (a.abs().max() + 1e-12))
 
 
 def coord_check(
@@ -577,9 +632,10 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
                 model(**ex) if isinstance(ex, dict) else model(*ex)
         except IndexError as exc:
             raise ConfigError(
-                f"coord_check: the model failed on token ids up to {int(data[0].max())} ({exc}): they are outside "
-                "the model's vocabulary; build it with a vocabulary that covers the data (--vocab, or --tokenizer "
-                "for text)"
+                f"coord_check: the model failed on token ids up to {int(data[0].max())} and {data[0].shape[-1]} "
+                f"positions ({exc}): ids outside the model's vocabulary (build it with a vocabulary that covers the "
+                "data: --vocab, or --tokenizer for text) or positions past its position table (a shorter --seq-len, "
+                "or a model with more positions)"
             ) from exc
         cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
         if edit_plan is not None and cache["plan"] is not None:

@@ -584,7 +584,7 @@ def train_point(
         True
     """
     import fxparam
-    from fxparam.checks.coord import lm_loss
+    from fxparam.checks.coord import lm_loss, looks_ahead
     from fxparam.checks.targets import resolve
     from fxparam.recipes.schedules import d2z
 
@@ -632,6 +632,12 @@ def train_point(
     diverged = False
     for step in range(settings.steps):
         batch = tuple(t.to(device) for t in next(train_batches))
+        if step == 0 and looks_ahead(model, batch[0]):
+            raise ConfigError(
+                f"transfer: {type(model).__name__} ({settings.model}) attends to later tokens (its logits at a position "
+                "change when a later token does): a next-token loss shows it every target, so its held-out loss "
+                "measures copying, not language modelling. Sweep a causal model (hf:gpt2, hf:llama, a causal factory)"
+            )
         loss = lm_loss(model, batch)
         value = loss.item()
         if not math.isfinite(value) or value > limit:
