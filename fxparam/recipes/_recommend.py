@@ -146,14 +146,14 @@ class Recipe(BaseModel):
                                   f"(lambda_opt {self.lambda_opt:.4g})"),
             ("hidden LR", f"{self.hidden_lr:.4g} (= base LR / m_d, effective)"),
             ("hidden weight decay", f"{self.hidden_weight_decay:.4g} (= base weight decay x m_d, effective)"),
-            ("tau (hidden)", f"{self.tau:.4g} (tau_opt {self.tau_opt:.4g})"),
+            ("tau (hidden)", f"{self.tau:#.4g} (tau_opt {self.tau_opt:#.4g})"),
         ]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k:<{width}}  {v}" for k, v in rows]
         lines += ["", "effective per-group values (what fxparam.optimizer's param groups hold):",
                   f"{'group':<12}{'peak LR':>12}{'weight decay':>14}{'tau':>10}"]
         for g in self.groups:
-            t = "inf" if math.isinf(g.tau) else f"{g.tau:.4g}"
+            t = "inf" if math.isinf(g.tau) else f"{g.tau:#.4g}"
             lines.append(f"{g.name:<12}{g.lr:>12.4g}{g.weight_decay:>14.4g}{t:>10}")
         if self.warnings:
             lines += [""] + [f"warning: {w}" for w in self.warnings]
@@ -285,7 +285,7 @@ def recommend(
             )
     if not t_opt / tol <= t <= t_opt * tol:
         warnings.append(
-            f"tau = {t:.4g} is far from tau_opt = {t_opt:.4g} (factor {max(t / t_opt, t_opt / t):.2f}); "
+            f"tau = {t:#.4g} is far from tau_opt = {t_opt:#.4g} (factor {max(t / t_opt, t_opt / t):.2f}); "
             f"use weight_decay = {lam_opt:.4g} (base, fxparam.optimizer units) to hold tau at its optimum"
         )
     if eta * lam_hidden >= 1:
