@@ -133,12 +133,15 @@ def scalar_constants(mg: ModelGraph, model: nn.Module) -> dict[str, tuple[float,
 def width_constants(
     mg: ModelGraph, model: nn.Module, width: int | None, embedding_modules: set[str],
     second: tuple[ModelGraph, nn.Module, int] | None = None, exclude: set[str] = frozenset(),
+    carries_width: Callable[[str], bool] | None = None,
 ) -> list[FoundConstant]:
     """Constants in the forward that change with width (see module docstring).
 
     ``exclude``: scaling nodes that are attention logit scales (the attention rule owns them).
     Constants applied to a reduction over the width (``sum / d``, ``norm * d**-0.5``) are means
-    and RMS values, invariant by construction: never reported.
+    and RMS values, invariant by construction: never reported.  ``carries_width(node)``: whether a
+    node has a width axis; a constant scaling a tensor without one (T5's relative-position buckets,
+    ``positions / 8``) never reaches muP's coordinates and is not reported.
     """
     if not width:
         return []
@@ -147,6 +150,8 @@ def width_constants(
     theirs = scalar_constants(second[0], second[1]) if second is not None else {}
     for node, (value, operand) in mine.items():
         if abs(value - 1.0) < 1e-12 or node in exclude or _is_reduction(mg, operand):
+            continue
+        if carries_width is not None and not carries_width(operand):
             continue
         exponent = None
         evidence = ""

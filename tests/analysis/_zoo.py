@@ -98,11 +98,15 @@ def config(name: str, width: int = 64):
     return cfg
 
 
-def build(name: str, width: int = 64, *, device: str | None = None, seed: int = 0):
-    """A small HF model of zoo architecture ``name`` at ``width`` (SDPA attention, no cache)."""
+def build(name: str, width: int = 64, *, device: str | None = None, seed: int | None = 0):
+    """A small HF model of zoo architecture ``name`` at ``width`` (SDPA attention, no cache).
+
+    ``seed=None`` leaves the global RNG alone (a coordinate check seeds each of its seeds itself).
+    """
     transformers = pytest.importorskip("transformers")
     cfg = config(name, width)
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     cls = getattr(transformers, ZOO[name][1])
     if device is None:
         return cls(cfg)

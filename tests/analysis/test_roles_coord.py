@@ -38,7 +38,7 @@ def test_case1_functional_tied_readout_coord_check():
 def test_case4_mixtral_coord_check():
     from tests.analysis._zoo import build
 
-    _check(lambda width: build("mixtral", width), _tokens(96))
+    _check(lambda width: build("mixtral", width, seed=None), _tokens(96))  # seeds differ: coord_check seeds
 
 
 def test_case11_conv_net_coord_check():

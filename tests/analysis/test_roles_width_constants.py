@@ -203,3 +203,15 @@ def test_attention_scales_and_means_are_not_width_constants(cls, recwarn):
     a = analyse(cls(), IDS, rebuild=lambda width: cls(width))
     assert a.width_constants == []
     assert not [w for w in recwarn if issubclass(w.category, WidthConstantWarning)]
+
+
+def test_constants_on_tensors_without_a_width_axis_are_not_width_constants(recwarn):
+    """T5's relative-position buckets divide positions by constants (one is 8 = 64^0.5 at width 64): no
+    width axis, nothing muP scales; the earlier power-of-width rule warned on it."""
+    from tests.analysis._zoo import build, example_inputs
+
+    a = analyse(build("t5"), example_inputs("t5"))
+    assert a.width_constants == []
+    assert not [w for w in recwarn if issubclass(w.category, WidthConstantWarning)]
+    # the control: the same rule still reports a width constant on a width-carrying tensor
+    assert analyse(ScaledReadoutInput(256), IDS).width_constants
