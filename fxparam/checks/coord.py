@@ -358,8 +358,15 @@ class _Recorder:
         for r in analysis.residuals:
             for m in r.output_modules:
                 sites[m] = "branch"
-        if analysis.blocks:
-            sites[analysis.blocks[-1]] = "residual"
+        # the final stream of each residual stream (an encoder-decoder has two: its encoder's last block
+        # is not the end of the model); residuals are sorted by (stream, block, application)
+        finals = {r.stream: r.block for r in analysis.residuals}
+        if not finals and analysis.blocks:
+            finals = {0: analysis.blocks[-1]}
+        self.final_key = {block: "residual:final" + (f"@stream{stream}" if len(finals) > 1 else "")
+                          for stream, block in finals.items()}
+        for block in self.final_key:
+            sites[block] = "residual"
         for name, kind in sites.items():
             if name in modules:
                 self.handles.append(modules[name].register_forward_hook(self._hook(name, kind)))
@@ -381,7 +388,7 @@ class _Recorder:
         index = self.calls[name]
         self.calls[name] += 1
         # the last block's name changes with depth: key the final stream by its meaning
-        key = "residual:final" if kind == "residual" else f"{kind}:{name}#{index}"
+        key = self.final_key.get(name, "residual:final") if kind == "residual" else f"{kind}:{name}#{index}"
         self.acts[key] = (kind, value.detach().float().clone())
 
     def _enter(self, name: str) -> Callable:

@@ -142,3 +142,5 @@ def test_t5_coord_check_measures_both_stacks():
     branches = {k for k in keys if k.startswith("branch:")}
     assert len([k for k in branches if k.startswith("branch:encoder.")]) == 2 * 2
     assert len([k for k in branches if k.startswith("branch:decoder.")]) == 2 * 3
+    # two residual streams, each with its own final stream (the encoder's last block is not the model's end)
+    assert {"residual:final@stream0", "residual:final@stream1"} <= keys and "residual:final" not in keys
