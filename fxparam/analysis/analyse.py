@@ -112,7 +112,7 @@ def analyse(
     emb_modules = {_module_of(a) for a, i in skel_info.items() if i["role"] == "embedding"}
     skeleton_sites = sf.attention_sites()  # first: its scaling ops are the attention rule's, not width constants
     found = width_constants(mg, model, width, emb_modules, second, exclude=sf.attention_scale_nodes,
-                            carries_width=lambda node: bool(dims.width_axes(node)))
+                            carries_width=lambda node: node in sf.data)
     notes += warn_constants(found)
     others = [] if second is not None else module_constants(
         mg, model, emb_modules, sf.attention_scale_nodes, {c.node for c in found})

@@ -140,8 +140,9 @@ def width_constants(
     ``exclude``: scaling nodes that are attention logit scales (the attention rule owns them).
     Constants applied to a reduction over the width (``sum / d``, ``norm * d**-0.5``) are means
     and RMS values, invariant by construction: never reported.  ``carries_width(node)``: whether a
-    node has a width axis; a constant scaling a tensor without one (T5's relative-position buckets,
-    ``positions / 8``) never reaches muP's coordinates and is not reported.
+    node is computed from the model's inputs (through its width activations); a constant scaling
+    a tensor that is not (T5's relative-position buckets, ``arange(T) / 8``) is no muP coordinate
+    and is not reported.
     """
     if not width:
         return []
@@ -207,14 +208,19 @@ _REDUCTIONS = {"aten.sum.dim_IntList", "aten.sum.default", "aten.linalg_vector_n
                "aten.norm.ScalarOpt_dim", "aten.norm.Scalar"}
 
 
-def _is_reduction(mg: ModelGraph, operand: str) -> bool:
-    cur = operand
-    while mg.target(cur) in _PASS:
-        args = mg.tensor_args(cur)
+def _behind_views(mg: ModelGraph, n: str) -> str | None:
+    """The node whose value ``n`` is, through views and casts; None where one has several inputs."""
+    while mg.target(n) in _PASS:
+        args = mg.tensor_args(n)
         if len(args) != 1:
-            return False
-        cur = args[0]
-    return mg.target(cur) in _REDUCTIONS
+            return None
+        n = args[0]
+    return n
+
+
+def _is_reduction(mg: ModelGraph, operand: str) -> bool:
+    cur = _behind_views(mg, operand)
+    return cur is not None and mg.target(cur) in _REDUCTIONS
 
 
 def _leaf_called_once(mg: ModelGraph, fqn: str) -> bool:
@@ -248,12 +254,9 @@ def _consumer_module(mg: ModelGraph, op: str) -> str | None:
 
 def _producer_module(mg: ModelGraph, operand: str, op: str) -> str | None:
     """The leaf module (called once) whose output is ``operand`` and feeds nothing but ``op``."""
-    cur = operand
-    while mg.target(cur) in _PASS:
-        args = mg.tensor_args(cur)
-        if len(args) != 1:
-            return None
-        cur = args[0]
+    cur = _behind_views(mg, operand)
+    if cur is None:
+        return None
     fqn = mg.owner.get(cur, "")
     if not _leaf_called_once(mg, fqn) or fqn == mg.owner.get(op, ""):
         return None
@@ -262,12 +265,9 @@ def _producer_module(mg: ModelGraph, operand: str, op: str) -> str | None:
 
 def _embedding_scaled(mg: ModelGraph, operand: str, op: str, embedding_modules: set[str]) -> str | None:
     """The embedding module whose output is ``operand`` and feeds only ``op``, else None."""
-    cur = operand
-    while mg.target(cur) in _PASS:
-        args = [a for a in mg.tensor_args(cur)]
-        if len(args) != 1:
-            return None
-        cur = args[0]
+    cur = _behind_views(mg, operand)
+    if cur is None:
+        return None
     module = mg.owner.get(cur, "")
     if module not in embedding_modules:
         return None
