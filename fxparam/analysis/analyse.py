@@ -108,6 +108,8 @@ def analyse(
         params[name] = ParamInfo(**info)
     if second is None and width:
         notes += _factorised_readouts(params, width)
+    if width and not sf.sites:
+        notes += _width_units(params, width)
     warn_unclassified(notes)
     emb_modules = {_module_of(a) for a, i in skel_info.items() if i["role"] == "embedding"}
     skeleton_sites = sf.attention_sites()  # first: its scaling ops are the attention rule's, not width constants
@@ -250,6 +252,26 @@ def _factorised_readouts(params: dict[str, ParamInfo], width: int) -> list[str]:
             "rebuild=True for the reference GPT / HF models) so a second build tells, or roles={...: 'readout'}"
         )
     return notes
+
+
+def _width_units(params: dict[str, ParamInfo], width: int) -> list[str]:
+    """No residual stream: the width is the most common width-dim size, and base_width must be given in
+    those units (a CNN's flatten makes the classifier's fan-in channels x H x W, not the channels). When the
+    width dims have other sizes too, say which size m_d = width / base_width reads."""
+    sizes: dict[int, str] = {}
+    for name, p in params.items():
+        if p.role in ("hidden", "readout", "embedding"):
+            for axis in p.width_dims:
+                if axis < len(p.shape) and p.shape[axis] != width:
+                    sizes.setdefault(p.shape[axis], name)
+    if not sizes:
+        return []
+    example = ", ".join(f"{s} ({n})" for s, n in sorted(sizes.items())[:3])
+    same = next((n for n, p in params.items() if width in [p.shape[a] for a in p.width_dims if a < len(p.shape)]),
+                "?")
+    return [f"no residual stream: the width is read as {width} (a width dim of {same}); other width dims have "
+            f"sizes {example}. m_d = width / base_width, so give base_width as the size of that same dim in the "
+            f"base model (e.g. base_width={width // 2} for a base model half as wide)"]
 
 
 def _second_width(model, example_inputs, cap, mg, sf, dims, width, rebuild):

@@ -427,3 +427,36 @@ def test_raw_router_in_a_block_never_scales_the_block_input() -> None:
         fxparam.transform(m, mup, example_inputs=IDS, init=False)
     with torch.no_grad():
         torch.testing.assert_close(m(*IDS), ref.head(ref.ln_f(_trunk(ref, IDS[0])) * 0.5))
+
+
+# ----------------------------------------------------------------------------- no residual stream: width units
+
+
+class PlainCNN(nn.Module):
+    """No residual stream: conv(3->c) -> conv(c->2c) -> flatten -> Linear(2c*4*4, 10)."""
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, c, 3, padding=1)
+        self.c2 = nn.Conv2d(c, 2 * c, 3, padding=1)
+        self.fc = nn.Linear(2 * c * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def test_width_units_without_a_residual_stream_are_said() -> None:
+    # channels 32 at base 16 is m_d = 2, but the width read is the flatten's 2c*16 = 1024: base_width=16 gives
+    # m_d = 64 (c2's LR x1/64, the readout x1/64). Before: silent; now a warning names the size it reads
+    img = (torch.randn(2, 3, 16, 16),)
+    with pytest.warns(UserWarning, match=r"width is read as 1024.*fc\.weight.*32 \(c1\.weight\)"):
+        a = fxparam.inspect(PlainCNN(), img, rebuild=lambda c: PlainCNN(c))
+    assert (a.params["c1.weight"].role, a.params["c2.weight"].role, a.params["fc.weight"].role) == (
+        "embedding", "hidden", "readout")
+    # with base_width in those units (the base model c = 16 has 512 there): m_d = 2, hidden LR 1/2, readout 1/2
+    with pytest.warns(UserWarning):
+        p = fxparam.plan(PlainCNN(), fxparam.MuP(base_width=512), example_inputs=img, rebuild=lambda c: PlainCNN(c))
+    assert p.params["c2.weight"].lr_mult == pytest.approx(1 / 2)
+    assert p.input_multipliers == {"fc": pytest.approx(1 / 2)}
