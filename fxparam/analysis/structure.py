@@ -483,6 +483,9 @@ class StructureFinder:
             isinstance(a, (int, float)) and a == 0 for a in node.args
         ):
             return self._branch_outputs(site, args[0], budget - 1)  # sum(...) starts with ``0 + t``
+        first = getattr(node.args[0], "name", None) if node.args else None
+        if t in SCALE_OPS and len(args) == 1 and (t.startswith("aten.mul") or args[0] == first):
+            return self._branch_outputs(site, args[0], budget - 1)  # sum(experts) / E: a constant factor
         if len(args) != 2:
             return None
         if t in ADD_OPS:

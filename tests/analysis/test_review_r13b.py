@@ -460,3 +460,30 @@ def test_width_units_without_a_residual_stream_are_said() -> None:
         p = fxparam.plan(PlainCNN(), fxparam.MuP(base_width=512), example_inputs=img, rebuild=lambda c: PlainCNN(c))
     assert p.params["c2.weight"].lr_mult == pytest.approx(1 / 2)
     assert p.input_multipliers == {"fc": pytest.approx(1 / 2)}
+
+
+class AveragedExperts(nn.Module):
+    """``x + sum_e expert_e(ln x) / E``: a constant factor on an inline sum of module outputs."""
+
+    def __init__(self, d: int, experts: int = 3) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.ex = nn.ModuleList([nn.Linear(d, d) for _ in range(experts)])
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        return sum(e(h) for e in self.ex) / len(self.ex)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def test_averaged_experts_get_the_depth_multiplier_on_every_expert() -> None:
+    m = MoELM(depth=4)
+    m.blocks = nn.ModuleList([AveragedExperts(32) for _ in range(4)])
+    ref = copy.deepcopy(m)
+    p = fxparam.plan(m, fxparam.DepthScaled(base_depth=2), example_inputs=IDS)
+    assert set(p.output_multipliers) == {f"blocks.{i}.ex.{e}" for i in range(4) for e in range(3)}
+    fxparam.transform(m, fxparam.DepthScaled(base_depth=2), example_inputs=IDS, init=False)
+    with torch.no_grad():
+        torch.testing.assert_close(m(*IDS), _moe_by_hand(ref, IDS[0], 1 / 2))  # m_L = 4/2
