@@ -470,6 +470,10 @@ def _attribute_in_effect(modules: dict[str, nn.Module], name: str, site: Any, in
                 y_prev = _first_tensor(module(*args, **kwargs))
             finally:
                 setattr(owner, site.attr, held)
+    except FxparamError:
+        raise
+    except Exception:  # noqa: BLE001 - a module that cannot be re-run alone: checked on state only, as before
+        return None
     finally:
         replaying[0] = False
         for m, flag in training.items():
