@@ -164,8 +164,13 @@ def mup_pass(analysis: Analysis, cfg: MuP, plan: Plan) -> Plan:
             plan.params[name] = ParamPlan(role="frozen", init="keep", lr_mult=0.0, sgd_lr_mult=0.0, wd_mult=0.0)
             continue
         if info.role == "embedding":
+            # inside a residual block (a depthwise conv: fixed fan-in k) the block's depth factors apply as to
+            # every in-block parameter (CompleteP: Adam LR x m_L^(alpha-1), eps / m_L^alpha)
             plan.params[name] = ParamPlan(
-                role="embedding", init="normal", init_std=sigma, eps_mult=1 / m_d, sgd_lr_mult=m_d
+                role="embedding", init="normal", init_std=sigma,
+                lr_mult=depth_lr if in_block else 1.0,
+                eps_mult=1 / (m_d * (depth_eps if in_block else 1.0)),
+                sgd_lr_mult=m_d * (sgd_depth_lr if in_block else 1.0),
             )
             if cfg.embedding_multiplier != 1.0:
                 _embedding_multiplier(analysis, cfg, plan, name, info, skipped_alpha_in)

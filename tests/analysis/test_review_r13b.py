@@ -487,3 +487,18 @@ def test_averaged_experts_get_the_depth_multiplier_on_every_expert() -> None:
     fxparam.transform(m, fxparam.DepthScaled(base_depth=2), example_inputs=IDS, init=False)
     with torch.no_grad():
         torch.testing.assert_close(m(*IDS), _moe_by_hand(ref, IDS[0], 1 / 2))  # m_L = 4/2
+
+
+def test_in_block_depthwise_conv_gets_the_block_depth_factors() -> None:
+    # CompleteP alpha = 1/2, depth 4 / base 1: every in-block parameter's Adam LR x m_L^(alpha-1) = 4^-1/2 and
+    # eps / (m_d m_L^alpha); the depthwise conv (input-weight rules: init sigma, no 1/m_d on its LR) included
+    # (before: LR x1, eps 1/m_d, as the embedding outside the blocks)
+    m = FactorisedInput()
+    m.blocks = nn.ModuleList([_DWBlock(64) for _ in range(4)])
+    p = fxparam.plan(m, fxparam.CompleteP(base_width=32, base_depth=1, alpha=0.5), example_inputs=IDS)
+    m_d, m_L = 2.0, 4.0
+    dw, proj, fc = p.params["blocks.3.dw.weight"], p.params["proj.weight"], p.params["blocks.3.fc.weight"]
+    assert dw.role == "embedding" and dw.init_std == pytest.approx(0.02)
+    assert dw.lr_mult == pytest.approx(m_L**-0.5) and dw.eps_mult == pytest.approx(1 / (m_d * m_L**0.5))
+    assert proj.lr_mult == 1.0 and proj.eps_mult == pytest.approx(1 / m_d)  # outside the blocks: no depth factor
+    assert fc.lr_mult == pytest.approx(m_L**-0.5 / m_d)  # control: the hidden rule of the same block
