@@ -143,6 +143,7 @@ def analyse(
                     stream=site.stream,
                     application=site.application,
                     unscalable=site.unscalable,
+                    own_factor=site.own_factor,
                 )
             )
     for r in sorted(residuals, key=lambda r: _block_key(r.block)):

@@ -68,6 +68,9 @@ class ResidualSite(_Fact):
             applied n times in a loop has n applications, each one residual block).
         unscalable: why ``output_modules`` is empty (the branch is computed inline, or its
             last module is also called outside every branch); depth configs refuse it.
+        own_factor: the product of the scalar constants the model's forward puts between the
+            branch's output module and the add (``0.5 * attn(x)``, ``proj(y) / sqrt(2 * L)``);
+            depth configs warn when it looks like a depth rule of the model's own.
     """
 
     block: str
@@ -77,6 +80,7 @@ class ResidualSite(_Fact):
     stream: int = 0
     application: int = 0
     unscalable: str = ""
+    own_factor: float = 1.0
 
 
 class AttentionSite(_Fact):

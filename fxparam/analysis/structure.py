@@ -73,6 +73,7 @@ class RawSite:
     application: int = 0  # nth application of the block module in its stream (shared blocks)
     output_calls: list[str] = field(default_factory=list)  # call keys of the output modules
     unscalable: str = ""  # why no module's output is the branch alone (empty output_modules)
+    own_factor: float = 1.0  # product of the constants between the branch's module output and the add
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,7 @@ class StructureFinder:
         """
         add_keys = {c.key for c in self.calls.get(site.add, [])}
         cur = b
+        factor = 1.0  # the model's own constant on this branch (0.5 * attn, 1/sqrt(2L)): site.own_factor
         for _ in range(64):
             walked = [cur]  # through shape-only ops first: prefer the Linear over a Dropout module
             while self.mg.target(cur) in TRANSPARENT_OPS and len(self._data_args(cur)) == 1:
@@ -443,15 +445,20 @@ class StructureFinder:
             for n in reversed(walked):
                 for c in reversed([c for c in self.calls.get(n, []) if c.key not in add_keys]):
                     if self._is_output_of(n, c):
+                        site.own_factor = factor
                         return c
             t = self.mg.target(cur)
             args = self._data_args(cur)
             inner = [c for c in self.calls.get(cur, []) if c.key not in add_keys]
             if inner:
+                site.own_factor = factor
                 return inner[0]
             node = self.mg.nodes[cur]
             first = getattr(node.args[0], "name", None) if node.args else None
             if t in SCALE_OPS and len(args) == 1 and (t.startswith("aten.mul") or args[0] == first):
+                scaled = self._scalar_factor(cur)
+                if scaled is not None and scaled[1] is not None:
+                    factor *= scaled[1]
                 cur = args[0]
                 continue
             return None

@@ -10,6 +10,7 @@ depth (an encoder-decoder's encoder and decoder stacks), so its own ``m_L``.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from fxparam.analysis.facts import Analysis
@@ -40,6 +41,7 @@ def scale_branches(analysis: Analysis, plan: Plan, base_depth: int, alpha: float
     """
     depths = analysis.stream_depths or [analysis.depth]
     factors: dict[str, float] = {}
+    _warn_own_depth_factors(analysis, plan, depths, who)
     for site in analysis.residuals:
         if not site.output_modules:
             why = site.unscalable or "the branch is computed inline by the module that adds it"
@@ -87,3 +89,36 @@ def depth_scaled_pass(analysis: Analysis, cfg: DepthScaled, plan: Plan) -> Plan:
     plan.m_L = scale_branches(analysis, plan, cfg.base_depth, cfg.alpha, "DepthScaled")
     plan.base_depth, plan.alpha = cfg.base_depth, cfg.alpha
     return plan
+
+
+def _own_depth_rule(factor: float, depth: int) -> str | None:
+    """The depth rule ``factor`` equals at ``depth`` (1/sqrt(L), 1/sqrt(2L), 1/L, 1/(2L)), if any."""
+    if depth < 3:  # 0.5 = 1/L = 1/sqrt(2L) at L = 2: a branch's fixed 0.5 would always match
+        return None
+    for n, label in ((1, "L"), (2, "2L")):
+        for k, form in ((0.5, "1/sqrt({})"), (1.0, "1/{}")):
+            if math.isclose(factor, (n * depth) ** -k, rel_tol=1e-4):
+                return form.format(label) + f" at L = {depth}"
+    return None
+
+
+def _warn_own_depth_factors(analysis: Analysis, plan: Plan, depths: list[int], who: str) -> None:
+    """A branch the model already scales like a depth rule: the config's 1/m_L^alpha comes on top.
+
+    Nothing else tells a model's own ``proj(y) / sqrt(2 * n_layer)`` (GPT-2-style, depth-muP code
+    ported by hand) from a fixed constant on one capture; the value is the evidence, and the
+    message says what to do either way.
+    """
+    seen: set[tuple[float, int]] = set()
+    for site in analysis.residuals:
+        depth = depths[site.stream] if site.stream < len(depths) else analysis.depth
+        rule = _own_depth_rule(site.own_factor, depth)
+        if rule is None or (site.own_factor, depth) in seen:
+            continue
+        seen.add((site.own_factor, depth))
+        msg = (f"{who}: the residual branch of {site.block!r} (and others like it) is multiplied by "
+               f"{site.own_factor:.4g} in the model's forward, which equals {rule}: if that is the model's own depth "
+               f"scaling, {who} scales the branch a second time (1/m_L^alpha on top); remove it from forward (or "
+               "make it a fixed constant) before transforming. If it is a fixed constant, ignore this warning.")
+        plan.notes.append(msg)
+        warnings.warn(msg, UserWarning, stacklevel=4)
