@@ -370,6 +370,8 @@ class _Recorder:
         for name, kind in sites.items():
             if name in modules:
                 self.handles.append(modules[name].register_forward_hook(self._hook(name, kind)))
+        # attention without SDPA: its logits are read at its softmax (_SoftmaxObserver), not from SDPA's q, k
+        self.manual_attention = {site.module for site in analysis.attention if site.kind == "manual"}
         for site in analysis.attention:
             mod = modules.get(site.module)
             if mod is not None:
@@ -409,6 +411,16 @@ class _Recorder:
         logits = (q.detach().float() @ k.detach().float().transpose(-2, -1)) * scale
         self._store("attn_logits", self.current_attn[-1], logits)
 
+    def softmax_logits(self, scores: torch.Tensor) -> None:
+        """A hand-written attention's softmax input (eager Gemma2, manual ``q @ k.T * s``): its logits.
+
+        Masked entries (-inf or the dtype's minimum) are left out: they are the same at every width.
+        """
+        if not self.current_attn or self.current_attn[-1] not in self.manual_attention:
+            return
+        scores = scores.detach().float()
+        self._store("attn_logits", self.current_attn[-1], scores[torch.isfinite(scores) & (scores > -1e4)])
+
     def reset(self) -> None:
         self.acts = {}
         self.calls = defaultdict(int)
@@ -416,6 +428,21 @@ class _Recorder:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+class _SoftmaxObserver(torch.overrides.TorchFunctionMode):
+    """Hands every softmax input to ``fn`` (the recorder keeps those inside a manual attention module)."""
+
+    _SOFTMAX = (torch.softmax, F.softmax, torch.Tensor.softmax, torch.nn.functional.log_softmax)
+
+    def __init__(self, fn: Callable[[torch.Tensor], None]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func in self._SOFTMAX and args and isinstance(args[0], torch.Tensor):
+            self.fn(args[0])
+        return func(*args, **(kwargs or {}))
 
 
 def _logits_of(model: nn.Module, out: Any) -> torch.Tensor:
@@ -662,7 +689,7 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     out: list[Record] = []
     actual_depth = analysis.depth if depth is None else depth
     try:
-        with sdpa.observe(recorder.attention_logits):  # fxparam's one SDPA hook (lowering/sdpa.py)
+        with sdpa.observe(recorder.attention_logits), _SoftmaxObserver(recorder.softmax_logits):
             for step in range(steps + 1):
                 recorder.reset()
                 loss = loss_fn(model, data)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import fxparam
 from fxparam.checks.coord import CONTROL_THRESHOLD
-from tests.analysis._zoo import ATTN_IMPL, ZOO, config
+from tests.analysis._zoo import ZOO, config
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +62,7 @@ def test_zoo_mup_width_coord_check(name):
     # every kind of activation the bands judge was measured (nothing judged is not a pass)
     kinds = {r.kind for r in mup.records}
     expected = {"embedding", "branch", "logits", "residual"}
-    if ATTN_IMPL.get(name, "sdpa") == "sdpa":  # SDPA calls are observed; gemma2's eager softmax is not
-        expected.add("attn_logits")
+    expected.add("attn_logits")  # SDPA calls observed; gemma2's eager attention at its softmax
     assert expected <= kinds, f"{name}: measured {sorted(kinds)}"
     assert len({r.seed for r in mup.records}) == 2
     # the two seeds are different models (a re-seeding builder would hide the seed noise)
