@@ -503,9 +503,11 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
 def looks_ahead(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether the model's output at a position depends on later tokens (a bidirectional encoder).
 
-    Measured, not guessed from the class: the last token of one sequence is changed and the
-    logits at the earlier positions compared. A next-token loss on such a model shows it each
-    target in its input (BERT-style encoders), so its loss says nothing about language modelling.
+    Measured, not guessed from the class: the token at position j of one sequence is changed and
+    the logits at positions before j compared, for j = 1, T // 2 and T - 1 (j = 1 catches a
+    prefix-LM, whose prefix positions see each other: changing only the last token would not). A
+    next-token loss on such a model shows it each target in its input (BERT-style encoders,
+    prefix-LMs), so its loss says nothing about language modelling.
 
     Args:
         x: token ids [B, T] (T >= 2); the first sequence is used.
@@ -513,21 +515,24 @@ def looks_ahead(model: nn.Module, x: torch.Tensor) -> bool:
     if x.dim() != 2 or x.shape[1] < 2:
         return False
     one = x[:1]
-    other = one.clone()
-    other[0, -1] = one[0, 0] if int(one[0, 0]) != int(one[0, -1]) else one[0, 1]
-    if torch.equal(one, other):
-        return False
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            a, b = _logits_of(model, model(one)), _logits_of(model, model(other))
+            a = _logits_of(model, model(one))
+            if a.dim() < 2 or a.shape[:2] != one.shape:
+                return False
+            for j in sorted({1, one.shape[1] // 2, one.shape[1] - 1}):
+                other = one.clone()
+                other[0, j:] = one[0, 0] if int(one[0, 0]) != int(one[0, j]) else one[0, j - 1]
+                if torch.equal(one[0, j], other[0, j]):
+                    other[0, j] = int(one[0, j]) - 1 if int(one[0, j]) > 0 else int(one[0, j]) + 1
+                b = _logits_of(model, model(other))
+                if (a[:, :j] - b[:, :j]).abs().max() > 1e-5 * (a.abs().max() + 1e-12):
+                    return True
     finally:
         model.train(was_training)
-    if a.dim() < 2 or a.shape[:2] != one.shape:
-        return False
-    before_last = (a[:, :-1] - b[:, :-1]).abs().max()
-    return bool(before_last > 1e-5 * (a.abs().max() + 1e-12))
+    return False
 
 
 def coord_check(
