@@ -143,7 +143,7 @@ def analyse(
                     stream=site.stream,
                     application=site.application,
                     unscalable=site.unscalable,
-                    own_factor=site.own_factor,
+                    own_factor=site.own_factor * _buffer_product(model, [b[: b.startswith("/")] + ren(b.lstrip("/")) for b in site.own_buffers]),
                 )
             )
     for r in sorted(residuals, key=lambda r: _block_key(r.block)):
@@ -346,6 +346,20 @@ def _real_outputs(cap: Capture, fqn: str, skel_block: str, real_block: str) -> l
     reals = [_rename(r, skel_block, real_block) for r in cap.real_names(fqn)]
     mine = [r for r in reals if r == real_block or r.startswith(real_block + ".")]
     return list(dict.fromkeys(mine)) or [_rename(fqn, skel_block, real_block)]
+
+
+def _buffer_product(model: nn.Module, fqns: list[str]) -> float:
+    """The product of the one-element buffers ``fqns`` of the real model (1.0 for one that is not, or on meta)."""
+    if not fqns:
+        return 1.0
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    out = 1.0
+    for fqn in fqns:  # '/name': the branch is divided by that buffer
+        buf = buffers.get(fqn.lstrip("/"))
+        if buf is not None and buf.numel() == 1 and buf.device.type != "meta" and buf.is_floating_point():
+            value = float(buf.reshape(()).item())
+            out *= (1.0 / value if value else 1.0) if fqn.startswith("/") else value
+    return out
 
 
 def _rename(fqn: str, old_prefix: str, new_prefix: str) -> str:

@@ -69,8 +69,8 @@ class ResidualSite(_Fact):
         unscalable: why ``output_modules`` is empty (the branch is computed inline, or its
             last module is also called outside every branch); depth configs refuse it.
         own_factor: the product of the scalar constants the model's forward puts between the
-            branch's output module and the add (``0.5 * attn(x)``, ``proj(y) / sqrt(2 * L)``);
-            depth configs warn when it looks like a depth rule of the model's own.
+            branch's output module and the add (``0.5 * attn(x)``, ``proj(y) / sqrt(2 * L)``, a
+            one-element buffer read on the real model; 1 for it on meta); depth configs warn when it looks like a depth rule of the model's own.
     """
 
     block: str

@@ -74,6 +74,7 @@ class RawSite:
     output_calls: list[str] = field(default_factory=list)  # call keys of the output modules
     unscalable: str = ""  # why no module's output is the branch alone (empty output_modules)
     own_factor: float = 1.0  # product of the constants between the branch's module output and the add
+    own_buffers: list[str] = field(default_factory=list)  # scalar buffers there (values read on the real model)
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ class StructureFinder:
         add_keys = {c.key for c in self.calls.get(site.add, [])}
         cur = b
         factor = 1.0  # the model's own constant on this branch (0.5 * attn, 1/sqrt(2L)): site.own_factor
+        buffers: list[str] = []  # a tensor factor that is a buffer (register_buffer('scale', 1/sqrt(2L)))
         for _ in range(64):
             walked = [cur]  # through shape-only ops first: prefer the Linear over a Dropout module
             while self.mg.target(cur) in TRANSPARENT_OPS and len(self._data_args(cur)) == 1:
@@ -445,13 +447,13 @@ class StructureFinder:
             for n in reversed(walked):
                 for c in reversed([c for c in self.calls.get(n, []) if c.key not in add_keys]):
                     if self._is_output_of(n, c):
-                        site.own_factor = factor
+                        site.own_factor, site.own_buffers = factor, buffers
                         return c
             t = self.mg.target(cur)
             args = self._data_args(cur)
             inner = [c for c in self.calls.get(cur, []) if c.key not in add_keys]
             if inner:
-                site.own_factor = factor
+                site.own_factor, site.own_buffers = factor, buffers
                 return inner[0]
             node = self.mg.nodes[cur]
             first = getattr(node.args[0], "name", None) if node.args else None
@@ -459,6 +461,8 @@ class StructureFinder:
                 scaled = self._scalar_factor(cur)
                 if scaled is not None and scaled[1] is not None:
                     factor *= scaled[1]
+                elif scaled is not None:
+                    buffers += self._buffer_factor(cur, scaled[0])
                 cur = args[0]
                 continue
             return None
@@ -641,6 +645,20 @@ class StructureFinder:
                     sites.append(self._attention(n, found[0], found[1], "manual"))
             self.attention_nodes += [n] * (len(sites) - before)
         return sites
+
+    def _buffer_factor(self, n: str, data: str) -> list[str]:
+        """The buffer FQN that is the other operand of the scaling op ``n`` (through views), else []."""
+        for a in self.mg.nodes[n].args:
+            name = getattr(a, "name", None)
+            if name is None or name == data:
+                continue
+            src = a
+            while src.op != "placeholder" and len(src.all_input_nodes) == 1 and str(src.target) in TRANSPARENT_OPS:
+                src = src.all_input_nodes[0]
+            fqn = self.mg.capture.node_buffer.get(src.name)
+            divides = self.mg.target(n).startswith("aten.div")
+            return [("/" if divides else "") + fqn] if fqn else []  # '/': the branch is divided by it
+        return []
 
     def _scalar_factor(self, n: str) -> tuple[str, float | None] | None:
         """For a multiply/divide with one data operand: (that operand, the constant factor or None)."""

@@ -115,6 +115,9 @@ class GPT2Block(nn.Module):
         self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.fc, self.mp = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
         self.L, self.mode = n_layer, mode
+        self.register_buffer("rs", torch.tensor(1 / math.sqrt(2 * n_layer)))  # GPT-2's factor as a buffer
+        self.register_buffer("root", torch.tensor(math.sqrt(2 * n_layer)))
+        self.gain = nn.Parameter(torch.full((d,), 1 / math.sqrt(2 * n_layer)))  # LayerScale: learned, not a rule
 
     def attn(self, x):
         B, T, C = x.shape
@@ -122,6 +125,10 @@ class GPT2Block(nn.Module):
         return self.o(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C))
 
     def forward(self, x):
+        if self.mode in ("buffer", "buffer_div", "layerscale"):
+            x = x + (self.rs * self.attn(self.ln1(x)) if self.mode == "buffer" else
+                     self.attn(self.ln1(x)) / self.root if self.mode == "buffer_div" else self.gain * self.attn(self.ln1(x)))
+            return x + self.mp(F.gelu(self.fc(self.ln2(x))))
         s = {"sqrt2L": 1 / math.sqrt(2 * self.L), "invL": 1 / self.L, "fixed": 0.3}[self.mode]
         x = x + self.attn(self.ln1(x)) * s
         return x + F.dropout(self.mp(F.gelu(self.fc(self.ln2(x)))), 0.1, self.training) * s
@@ -149,15 +156,24 @@ def _depth_warnings(mode, config):
     return [str(x.message) for x in w if "residual branch" in str(x.message) and "scales the branch" in str(x.message)]
 
 
-@pytest.mark.parametrize("mode,rule", [("sqrt2L", "1/sqrt(2L) at L = 6"), ("invL", "1/L at L = 6")])
+@pytest.mark.parametrize("mode,rule", [("sqrt2L", "1/sqrt(2L) at L = 6"), ("invL", "1/L at L = 6"),
+                                       ("buffer", "1/sqrt(2L) at L = 6"), ("buffer_div", "1/sqrt(2L) at L = 6")])
 def test_gpt2_style_branch_scaling_at_depth_6_warns_under_completep(mode, rule):
     (msg,) = _depth_warnings(mode, "completep")  # one warning for the 12 branches alike
     assert rule in msg
 
 
-@pytest.mark.parametrize("mode,config", [("fixed", "completep"), ("sqrt2L", "mup")])
+@pytest.mark.parametrize("mode,config", [("fixed", "completep"), ("sqrt2L", "mup"), ("layerscale", "completep")])
 def test_depth_warning_negative_controls(mode, config):
-    assert _depth_warnings(mode, config) == []  # a fixed 0.3; a width-only config does not scale depth
+    # a fixed 0.3; a width-only config does not scale depth; a learned LayerScale gain is no constant
+    assert _depth_warnings(mode, config) == []
+
+
+def test_scalar_buffer_on_a_branch_is_its_own_factor():
+    # register_buffer('rs', 1/sqrt(2L)) read on the real model: 1/sqrt(12) on the attention branches,
+    # 1 on the MLP branches (was 1 on both: the buffer was skipped as an unknown tensor factor)
+    a = fxparam.inspect(GPT2(mode="buffer"), IDS)
+    assert sorted({round(r.own_factor, 6) for r in a.residuals}) == [round(1 / math.sqrt(12), 6), 1.0]
 
 
 # ------------------------------------------------------------------ looks_ahead (mechanism 3)
