@@ -97,6 +97,9 @@ class AttentionSite(_Fact):
             the eager lowering sets it.
         wide_head_dim: the head dim in a second build at twice the width (``rebuild=``), None
             without one: larger than ``head_dim`` when the head dim grows with width (heads fixed).
+        softmax_index: for a softmax-based ("manual") site, which softmax of the module's call it is
+            (0 = the first, counted in call order, nested modules included): a coord check reads the
+            attention logits at that softmax only, not at a router's or gate's; None for SDPA.
         wide_scale: the logit scale in that build, read where the head dim grows: tells a model's
             own 1/sqrt(d_head) (SP) from a 1/d_head it already has (muP-style user code).
     """
@@ -109,6 +112,7 @@ class AttentionSite(_Fact):
     scale_attr_module: str | None = None
     wide_head_dim: int | None = None
     wide_scale: float | None = None
+    softmax_index: int | None = None
 
 
 class WidthConstant(_Fact):

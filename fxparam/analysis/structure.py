@@ -642,9 +642,18 @@ class StructureFinder:
             elif t in SOFTMAX_OPS:
                 found = self._manual_attention(n)
                 if found is not None:
-                    sites.append(self._attention(n, found[0], found[1], "manual"))
+                    site = self._attention(n, found[0], found[1], "manual")
+                    sites.append(site.model_copy(update={"softmax_index": self._softmax_index(n, site.module)}))
             self.attention_nodes += [n] * (len(sites) - before)
         return sites
+
+    def _softmax_index(self, n: str, module: str) -> int | None:
+        """How many softmax ops run before ``n`` in the same call of ``module`` (nested calls included)."""
+        key = next((c.key for c in self.calls.get(n, []) if c.fqn == module), None)
+        if key is None:
+            return None
+        return sum(1 for m in self.g.nodes if self.mg.target(m) in SOFTMAX_OPS
+                   and self.mg.order[m] < self.mg.order[n] and any(c.key == key for c in self.calls.get(m, [])))
 
     def _buffer_factor(self, n: str, data: str) -> list[str]:
         """The buffer FQN that is the other operand of the scaling op ``n`` (through views), else []."""

@@ -372,6 +372,12 @@ class _Recorder:
                 self.handles.append(modules[name].register_forward_hook(self._hook(name, kind)))
         # attention without SDPA: its logits are read at its softmax (_SoftmaxObserver), not from SDPA's q, k
         self.manual_attention = {site.module for site in analysis.attention if site.kind == "manual"}
+        # which softmax of a call is the attention's (a router's or gate's softmax in the same module is not)
+        self.softmax_index: dict[str, set[int]] = defaultdict(set)
+        for site in analysis.attention:
+            if site.kind == "manual" and site.softmax_index is not None:
+                self.softmax_index[site.module].add(site.softmax_index)
+        self.softmax_seen: list[int] = []  # softmax calls so far in each open attention call
         for site in analysis.attention:
             mod = modules.get(site.module)
             if mod is not None:
@@ -396,12 +402,14 @@ class _Recorder:
     def _enter(self, name: str) -> Callable:
         def pre(module: nn.Module, args: Any) -> None:
             self.current_attn.append(name)
+            self.softmax_seen.append(0)
 
         return pre
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.current_attn:
             self.current_attn.pop()
+            self.softmax_seen.pop()
 
     def attention_logits(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
         if not self.current_attn:
@@ -418,6 +426,10 @@ class _Recorder:
         """
         if not self.current_attn or self.current_attn[-1] not in self.manual_attention:
             return
+        index, self.softmax_seen[-1] = self.softmax_seen[-1], self.softmax_seen[-1] + 1
+        wanted = self.softmax_index.get(self.current_attn[-1])
+        if wanted and index not in wanted:
+            return  # another softmax of this module (a router, a gate): not attention logits
         scores = scores.detach().float()
         self._store("attn_logits", self.current_attn[-1], scores[torch.isfinite(scores) & (scores > -1e4)])
 

@@ -280,3 +280,45 @@ def test_manual_attention_logits_recorded_at_softmax_match_hand_q_dot_k(mask_val
         kept = s[..., torch.ones(8, 8, dtype=torch.bool).tril()]
     assert kind == "attn_logits" and got.numel() == kept.numel() == 2 * 4 * 36
     assert got.pow(2).mean().sqrt().item() == pytest.approx(kept.pow(2).mean().sqrt().item(), rel=1e-5)
+
+
+class GatedAttn(nn.Module):
+    """Manual attention with a second softmax in the same module (a head gate), before or after the scores'."""
+
+    def __init__(self, d, gate_first):
+        super().__init__()
+        self.qkv, self.o, self.gate = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False), nn.Linear(d, 4)
+        self.gate_first = gate_first
+
+    def forward(self, x):
+        B, T, C = x.shape
+        g = F.softmax(self.gate(x), -1) if self.gate_first else None
+        q, k, v = (t.view(B, T, 4, C // 4).transpose(1, 2) for t in self.qkv(x).split(C, -1))
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = ((q @ k.transpose(-2, -1)) / math.sqrt(C // 4)).masked_fill(~causal, float("-inf")).softmax(-1)
+        g = g if g is not None else F.softmax(self.gate(x), -1)
+        y = (att @ v) * g.transpose(1, 2)[..., None]
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+@pytest.mark.parametrize("gate_first", [False, True])
+def test_a_gate_softmax_inside_manual_attention_is_not_taken_for_its_logits(gate_first):
+    torch.manual_seed(0)
+    model = ManualNet()
+    model.attn = GatedAttn(64, gate_first)
+    analysis = fxparam.inspect(model, IDS)
+    assert [(a.module, a.kind, a.softmax_index) for a in analysis.attention] == [("attn", "manual", int(gate_first))]
+    x = torch.randint(0, 50, (2, 8))
+    rec = _Recorder(model, analysis)
+    try:
+        with _SoftmaxObserver(rec.softmax_logits):
+            model(x)
+    finally:
+        rec.remove()
+    recorded = [v[1] for k, v in rec.acts.items() if k.startswith("attn_logits:")]
+    with torch.no_grad():  # by hand: the causal entries of q.k / 4; the gate's [2, 8, 4] softmax input is not one
+        hin = model.ln1(model.e(x))
+        q, k, _ = (t.view(2, 8, 4, 16).transpose(1, 2) for t in model.attn.qkv(hin).split(64, -1))
+        kept = ((q @ k.transpose(-2, -1)) / 4.0)[..., torch.ones(8, 8, dtype=torch.bool).tril()]
+    assert len(recorded) == 1 and recorded[0].numel() == kept.numel()
+    assert recorded[0].pow(2).mean().sqrt().item() == pytest.approx(kept.pow(2).mean().sqrt().item(), rel=1e-5)
