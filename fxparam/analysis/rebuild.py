@@ -171,12 +171,8 @@ def width_constants(
                     break
         if exponent is None or abs(exponent) < 1e-6:
             continue
-        scales, on = _embedding_scaled(mg, operand, node, embedding_modules), "output"
-        if scales is None and confirmed:
-            # divided out where it enters or leaves a module that it alone feeds / is fed by
-            scales, on = _consumer_module(mg, node), "input"
-            if scales is None:
-                scales, on = _producer_module(mg, operand, node), "output"
+        # unconfirmed, only an embedding's own output is corrected (case 10); elsewhere a warning
+        scales, on = _divided_out_at(mg, node, operand, embedding_modules, anywhere=confirmed)
         found.append(FoundConstant(node=node, module=mg.owner.get(node, ""), value=value,
                                    exponent=round(exponent, 4), scales=scales, evidence=evidence, on=on,
                                    confirmed=confirmed))
@@ -193,11 +189,7 @@ def module_constants(
     for node, (value, operand) in scalar_constants(mg, model).items():
         if abs(value - 1.0) < 1e-12 or node in exclude or node in skip or _is_reduction(mg, operand):
             continue
-        scales, on = _embedding_scaled(mg, operand, node, embedding_modules), "output"
-        if scales is None:
-            scales, on = _consumer_module(mg, node), "input"
-        if scales is None:
-            scales, on = _producer_module(mg, operand, node), "output"
+        scales, on = _divided_out_at(mg, node, operand, embedding_modules, anywhere=True)
         if scales is not None:
             found.append(FoundConstant(node=node, module=mg.owner.get(node, ""), value=value, exponent=0.0,
                                        scales=scales, evidence="no second build", on=on))
@@ -206,6 +198,23 @@ def module_constants(
 
 _REDUCTIONS = {"aten.sum.dim_IntList", "aten.sum.default", "aten.linalg_vector_norm.default",
                "aten.norm.ScalarOpt_dim", "aten.norm.Scalar"}
+
+
+def _divided_out_at(
+    mg: ModelGraph, op: str, operand: str, embedding_modules: set[str], *, anywhere: bool
+) -> tuple[str | None, str]:
+    """Where a multiplier can divide the constant of ``op`` out exactly: ``(module, "output" | "input")``.
+
+    The embedding whose output it alone scales; with ``anywhere``, then the leaf module whose input
+    is its result alone, then the leaf module whose output it alone scales.  ``(None, "output")``: nowhere.
+    """
+    scales = _embedding_scaled(mg, operand, op, embedding_modules)
+    if scales is not None or not anywhere:
+        return scales, "output"
+    scales = _consumer_module(mg, op)
+    if scales is not None:
+        return scales, "input"
+    return _producer_module(mg, operand, op), "output"
 
 
 def _behind_views(mg: ModelGraph, n: str) -> str | None:
