@@ -16,6 +16,7 @@ seeds; ``verdict()`` compares them with calibrated bands (flat is a band, not ze
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -469,6 +470,15 @@ def _logits_of(model: nn.Module, out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
 
 
+def _table_error(who: str, ids: torch.Tensor, exc: IndexError) -> ConfigError:
+    """An IndexError from the forward on token ids [B, T]: a token or position table too small for the data."""
+    return ConfigError(
+        f"{who}: the model failed on token ids up to {int(ids.max())} and {ids.shape[-1]} positions ({exc}): ids "
+        "outside the model's vocabulary (build it with a vocabulary that covers the data: --vocab, or --tokenizer "
+        "for text) or positions past its position table (a shorter --seq-len, or a model with more positions)"
+    )
+
+
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Next-token cross-entropy for models returning logits, (logits, ...), a dict or an HF output.
 
@@ -492,12 +502,7 @@ def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch
     try:
         out = model(x)
     except IndexError as exc:  # a lookup past a table: token ids past the vocabulary or positions past the table
-        raise ConfigError(
-            f"lm_loss: the model failed on a batch of token ids up to {int(x.max())} and {x.shape[-1]} positions "
-            f"({exc}): ids outside the model's vocabulary (build it with a vocabulary that covers the data: --vocab, "
-            "or --tokenizer for text) or positions past its position table (a shorter --seq-len, or a model with "
-            "more positions)"
-        ) from exc
+        raise _table_error("lm_loss", x, exc) from exc
     logits = _logits_of(model, out)
     if logits.shape[:2] != y.shape:
         raise ConfigError(
@@ -682,12 +687,7 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
                 ex = cache["example"]
                 model(**ex) if isinstance(ex, dict) else model(*ex)
         except IndexError as exc:
-            raise ConfigError(
-                f"coord_check: the model failed on token ids up to {int(data[0].max())} and {data[0].shape[-1]} "
-                f"positions ({exc}): ids outside the model's vocabulary (build it with a vocabulary that covers the "
-                "data: --vocab, or --tokenizer for text) or positions past its position table (a shorter --seq-len, "
-                "or a model with more positions)"
-            ) from exc
+            raise _table_error("coord_check", data[0], exc) from exc
         cache["plan"] = build_plan(cache["analysis"], cfg) if cfg is not None else None
         if edit_plan is not None and cache["plan"] is not None:
             cache["plan"] = edit_plan(cache["plan"])
@@ -706,7 +706,9 @@ def _run_one(make_model, width, depth, seed, cfg, steps, lr, data, optimizer, lo
     out: list[Record] = []
     actual_depth = analysis.depth if depth is None else depth
     try:
-        with sdpa.observe(recorder.attention_logits), _SoftmaxObserver(recorder.softmax_logits):
+        # the softmax mode sees every torch call of the forward: only where some attention is hand-written
+        softmax = _SoftmaxObserver(recorder.softmax_logits) if recorder.manual_attention else contextlib.nullcontext()
+        with sdpa.observe(recorder.attention_logits), softmax:
             for step in range(steps + 1):
                 recorder.reset()
                 loss = loss_fn(model, data)
