@@ -143,7 +143,7 @@ def analyse(
                     stream=site.stream,
                     application=site.application,
                     unscalable=site.unscalable,
-                    own_factor=site.own_factor * _buffer_product(model, [b[: b.startswith("/")] + ren(b.lstrip("/")) for b in site.own_buffers]),
+                    own_factor=site.own_factor * _buffer_product(model, [(ren(b), e) for b, e in site.own_buffers]),
                 )
             )
     for r in sorted(residuals, key=lambda r: _block_key(r.block)):
@@ -348,17 +348,19 @@ def _real_outputs(cap: Capture, fqn: str, skel_block: str, real_block: str) -> l
     return list(dict.fromkeys(mine)) or [_rename(fqn, skel_block, real_block)]
 
 
-def _buffer_product(model: nn.Module, fqns: list[str]) -> float:
-    """The product of the one-element buffers ``fqns`` of the real model (1.0 for one that is not, or on meta)."""
-    if not fqns:
+def _buffer_product(model: nn.Module, factors: list[tuple[str, int]]) -> float:
+    """The product of the one-element buffers of the real model, each to its power (+1 or -1: a divisor);
+    1.0 for a buffer that is not one element, is on meta, or is a zero divisor."""
+    if not factors:
         return 1.0
     buffers = dict(model.named_buffers(remove_duplicate=False))
     out = 1.0
-    for fqn in fqns:  # '/name': the branch is divided by that buffer
-        buf = buffers.get(fqn.lstrip("/"))
+    for fqn, power in factors:
+        buf = buffers.get(fqn)
         if buf is not None and buf.numel() == 1 and buf.device.type != "meta" and buf.is_floating_point():
             value = float(buf.reshape(()).item())
-            out *= (1.0 / value if value else 1.0) if fqn.startswith("/") else value
+            if value or power > 0:
+                out *= value**power
     return out
 
 

@@ -74,7 +74,8 @@ class RawSite:
     output_calls: list[str] = field(default_factory=list)  # call keys of the output modules
     unscalable: str = ""  # why no module's output is the branch alone (empty output_modules)
     own_factor: float = 1.0  # product of the constants between the branch's module output and the add
-    own_buffers: list[str] = field(default_factory=list)  # scalar buffers there (values read on the real model)
+    # scalar buffers there, (FQN, +1 multiplied / -1 divided by); values read on the real model
+    own_buffers: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -438,7 +439,7 @@ class StructureFinder:
         add_keys = {c.key for c in self.calls.get(site.add, [])}
         cur = b
         factor = 1.0  # the model's own constant on this branch (0.5 * attn, 1/sqrt(2L)): site.own_factor
-        buffers: list[str] = []  # a tensor factor that is a buffer (register_buffer('scale', 1/sqrt(2L)))
+        buffers: list[tuple[str, int]] = []  # a tensor factor that is a buffer (register_buffer('s', 1/sqrt(2L)))
         for _ in range(64):
             walked = [cur]  # through shape-only ops first: prefer the Linear over a Dropout module
             while self.mg.target(cur) in TRANSPARENT_OPS and len(self._data_args(cur)) == 1:
@@ -655,8 +656,9 @@ class StructureFinder:
         return sum(1 for m in self.g.nodes if self.mg.target(m) in SOFTMAX_OPS
                    and self.mg.order[m] < self.mg.order[n] and any(c.key == key for c in self.calls.get(m, [])))
 
-    def _buffer_factor(self, n: str, data: str) -> list[str]:
-        """The buffer FQN that is the other operand of the scaling op ``n`` (through views), else []."""
+    def _buffer_factor(self, n: str, data: str) -> list[tuple[str, int]]:
+        """``[(buffer FQN, +1 | -1)]`` when the other operand of the scaling op ``n`` (through views) is a
+        buffer that multiplies (+1) or divides (-1) ``data``, else []."""
         for a in self.mg.nodes[n].args:
             name = getattr(a, "name", None)
             if name is None or name == data:
@@ -665,8 +667,7 @@ class StructureFinder:
             while src.op != "placeholder" and len(src.all_input_nodes) == 1 and str(src.target) in TRANSPARENT_OPS:
                 src = src.all_input_nodes[0]
             fqn = self.mg.capture.node_buffer.get(src.name)
-            divides = self.mg.target(n).startswith("aten.div")
-            return [("/" if divides else "") + fqn] if fqn else []  # '/': the branch is divided by it
+            return [(fqn, -1 if self.mg.target(n).startswith("aten.div") else 1)] if fqn else []
         return []
 
     def _scalar_factor(self, n: str) -> tuple[str, float | None] | None:
