@@ -305,7 +305,7 @@ class TransferResult(BaseModel):
         Returns:
             ``param -> WiderCheck``; ``expected`` is True for muP and CompleteP (SP is the comparison).
         """
-        from statistics import NormalDist
+        from statistics import NormalDist, stdev
 
         by_run: dict[tuple[str, int, float], list[float]] = defaultdict(list)
         for p in self.points:
@@ -321,11 +321,7 @@ class TransferResult(BaseModel):
             se = []
             for s in sizes:
                 vals = [v for v in by_run[(param, s, opts[(param, s)].lr)] if math.isfinite(v)]
-                if len(vals) >= 2:
-                    mean = sum(vals) / len(vals)
-                    se.append(math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) / len(vals)))
-                else:
-                    se.append(0.0)
+                se.append(stdev(vals) / math.sqrt(len(vals)) if len(vals) >= 2 else 0.0)
             rises = [b - a for a, b in zip(losses, losses[1:], strict=False)]
             z = NormalDist().inv_cdf(1 - false_alarm / len(rises))
             tol = [z * math.sqrt(a * a + b * b) for a, b in zip(se, se[1:], strict=False)]
@@ -840,8 +836,8 @@ def transfer(
         tokenizer: a local tokenizer (folder or ``tokenizer.json``) for text ``data``; the
             built-in GPT and ``hf:`` models get its vocabulary size unless ``vocab`` is set.
         output_multiplier: muP / CompleteP ``alpha_out`` at the base size (a base hyperparameter,
-            tuned like the LR on the small model; ``fxparam transfer`` uses 8 over width, see
-            docs/results.md); SP runs do not use it.
+            tuned like the LR on the small model; ``fxparam transfer`` uses 8 over width for the
+            built-in GPT it was tuned on, see docs/results.md); SP runs do not use it.
         device: torch device to train on (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` parameters.
         results: JSON-lines file runs are appended to as they finish; runs already in it
