@@ -39,6 +39,14 @@ _PASS = {"aten.to.dtype", "aten._to_copy.default", "aten.to.dtype_layout", "aten
 Rebuild = Callable[[int], nn.Module]
 
 
+def power_of(value: float, base: float, powers: tuple[float, ...] = _POWERS) -> float | None:
+    """The k in ``powers`` with ``value == base**k`` (relative tolerance 1e-4), else None.
+
+    The one-capture evidence that a constant follows a size (width, m_d, depth): ``8 = 64^0.5``.
+    """
+    return next((k for k in powers if math.isclose(value, base**k, rel_tol=1e-4)), None)
+
+
 class WidthConstantWarning(UserWarning):
     """A constant in the forward changes with width and fxparam cannot divide it out."""
 
@@ -163,12 +171,10 @@ def width_constants(
                 exponent = math.log(v2 / value) / math.log(second[2] / width)
                 evidence = f"{value:.4g} at width {width}, {v2:.4g} at width {second[2]}"
         else:
-            for k in _POWERS:
-                if math.isclose(value, width**k, rel_tol=1e-4):
-                    exponent = k
-                    why = "no second build to confirm; pass rebuild=" if second is None else "a buffer: no value on meta"
-                    evidence = f"{value:.4g} = {width}^{k:g}; {why}"
-                    break
+            exponent = power_of(value, width)
+            if exponent is not None:
+                why = "no second build to confirm; pass rebuild=" if second is None else "a buffer: no value on meta"
+                evidence = f"{value:.4g} = {width}^{exponent:g}; {why}"
         if exponent is None or abs(exponent) < 1e-6:
             continue
         # unconfirmed, only an embedding's own output is corrected (case 10); elsewhere a warning

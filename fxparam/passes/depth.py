@@ -10,10 +10,10 @@ depth (an encoder-decoder's encoder and decoder stacks), so its own ``m_L``.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 from fxparam.analysis.facts import Analysis
+from fxparam.analysis.rebuild import power_of
 from fxparam.configs import DepthScaled
 from fxparam.errors import AnalysisError
 from fxparam.passes._registry import register_pass
@@ -96,9 +96,9 @@ def _own_depth_rule(factor: float, depth: int) -> str | None:
     if depth < 3:  # 0.5 = 1/L = 1/sqrt(2L) at L = 2: a branch's fixed 0.5 would always match
         return None
     for n, label in ((1, "L"), (2, "2L")):
-        for k, form in ((0.5, "1/sqrt({})"), (1.0, "1/{}")):
-            if math.isclose(factor, (n * depth) ** -k, rel_tol=1e-4):
-                return form.format(label) + f" at L = {depth}"
+        k = power_of(factor, n * depth, (-0.5, -1.0))
+        if k is not None:
+            return (f"1/sqrt({label})" if k == -0.5 else f"1/{label}") + f" at L = {depth}"
     return None
 
 

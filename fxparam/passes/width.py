@@ -16,6 +16,7 @@ import math
 import warnings
 
 from fxparam.analysis.facts import Analysis
+from fxparam.analysis.rebuild import power_of
 from fxparam.configs import SP, CompleteP, MuP
 from fxparam.errors import AnalysisError
 from fxparam.passes._registry import register_pass
@@ -66,7 +67,7 @@ def _mup_style_constants(analysis: Analysis, cfg: MuP, plan: Plan, m_d: float) -
     for c in analysis.forward_constants:
         if c.scales not in ends or (c.module, c.value) in seen:
             continue
-        k = next((k for k in (1.0, -1.0, 0.5, -0.5) if math.isclose(c.value, m_d**k, rel_tol=1e-4)), None)
+        k = power_of(c.value, m_d)
         if k is None:
             continue
         seen.add((c.module, c.value))
