@@ -259,6 +259,17 @@ class ManualNet(nn.Module):
         return self.h(self.ln_f(h))
 
 
+def _recorded(model, analysis, x):
+    """The coordinate check's recorder on one forward of ``model``, softmax observer on: key -> (kind, value)."""
+    rec = _Recorder(model, analysis)
+    try:
+        with _SoftmaxObserver(rec.softmax_logits):
+            model(x)
+    finally:
+        rec.remove()
+    return rec.acts
+
+
 @pytest.mark.parametrize("mask_value", [float("-inf"), None, -1e9])
 def test_manual_attention_logits_recorded_at_softmax_match_hand_q_dot_k(mask_value):
     torch.manual_seed(0)
@@ -266,13 +277,7 @@ def test_manual_attention_logits_recorded_at_softmax_match_hand_q_dot_k(mask_val
     analysis = fxparam.inspect(model, IDS)
     assert [(a.module, a.kind) for a in analysis.attention] == [("attn", "manual")]
     x = torch.randint(0, 50, (2, 8))
-    rec = _Recorder(model, analysis)
-    try:
-        with _SoftmaxObserver(rec.softmax_logits):
-            model(x)
-    finally:
-        rec.remove()
-    (kind, got), = [v for k, v in rec.acts.items() if k.startswith("attn_logits:")]
+    (kind, got), = [v for k, v in _recorded(model, analysis, x).items() if k.startswith("attn_logits:")]
     with torch.no_grad():  # by hand: the 36 causal (i >= j) entries of q.k / sqrt(16) per head
         hin = model.ln1(model.e(x))
         q, k, _ = (t.view(2, 8, 4, 16).transpose(1, 2) for t in model.attn.qkv(hin).split(64, -1))
@@ -309,13 +314,7 @@ def test_a_gate_softmax_inside_manual_attention_is_not_taken_for_its_logits(gate
     analysis = fxparam.inspect(model, IDS)
     assert [(a.module, a.kind, a.softmax_index) for a in analysis.attention] == [("attn", "manual", int(gate_first))]
     x = torch.randint(0, 50, (2, 8))
-    rec = _Recorder(model, analysis)
-    try:
-        with _SoftmaxObserver(rec.softmax_logits):
-            model(x)
-    finally:
-        rec.remove()
-    recorded = [v[1] for k, v in rec.acts.items() if k.startswith("attn_logits:")]
+    recorded = [v[1] for k, v in _recorded(model, analysis, x).items() if k.startswith("attn_logits:")]
     with torch.no_grad():  # by hand: the causal entries of q.k / 4; the gate's [2, 8, 4] softmax input is not one
         hin = model.ln1(model.e(x))
         q, k, _ = (t.view(2, 8, 4, 16).transpose(1, 2) for t in model.attn.qkv(hin).split(64, -1))
