@@ -123,14 +123,9 @@ def test_hf_options_that_cannot_be_honoured_are_refused(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_user_factory_in_current_directory(tmp_path, monkeypatch, capsys):
-    import sys
-
-    (tmp_path / "h4_user_model.py").write_text(USER_MODULE)
-    monkeypatch.chdir(tmp_path)
+def test_user_factory_in_current_directory(user_module, capsys):
     # the `fxparam` console script does not put the current directory on sys.path
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    monkeypatch.delitem(sys.modules, "h4_user_model", raising=False)
+    user_module("h4_user_model", USER_MODULE)
     assert main(["inspect", "h4_user_model:make", "--width", "32", "--vocab", "100", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["width"] == 32 and data["params"]["wte.weight"]["shape"] == [100, 32]

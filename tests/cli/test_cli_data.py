@@ -37,14 +37,11 @@ TEXT = (
 
 
 @pytest.fixture
-def user_dir(tmp_path, monkeypatch):
+def user_dir(user_module):
     """A user's project folder: their model module and a text file, as the current directory."""
-    (tmp_path / "h4_usermodel.py").write_text(USER_MODEL)
-    (tmp_path / "corpus.txt").write_text(TEXT)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    monkeypatch.delitem(sys.modules, "h4_usermodel", raising=False)
-    return tmp_path
+    folder = user_module("h4_usermodel", USER_MODEL)
+    (folder / "corpus.txt").write_text(TEXT)
+    return folder
 
 
 def test_coord_check_on_user_factory_and_text_file(user_dir, capsys):

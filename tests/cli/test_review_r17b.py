@@ -290,17 +290,12 @@ def make(width):
 '''
 
 
-def test_transfer_refuses_a_width_only_factory_up_front(tmp_path, monkeypatch, capsys):
-    import sys
-
+def test_transfer_refuses_a_width_only_factory_up_front(user_module, capsys):
     from fxparam.checks.targets import resolve
     from fxparam.cli import main
     from fxparam.errors import ConfigError
 
-    (tmp_path / "r17b_widthonly.py").write_text(WIDTH_ONLY)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    monkeypatch.delitem(sys.modules, "r17b_widthonly", raising=False)
+    tmp_path = user_module("r17b_widthonly", WIDTH_ONLY)
     # transfer builds every width at a fixed depth (2): the error was "cannot be swept over depth",
     # after the run banner; now before anything runs, naming the fix
     argv = [
@@ -464,21 +459,18 @@ def test_recipe_tpp_to_four_figures_and_b_crit_order(capsys):
     assert main(["recipe", "--params", "1B", "--tpp", "20", "--b-crit", "1M", "1B"]) == 0  # control
 
 
-def test_transfer_does_not_give_a_users_model_the_gpts_tuned_alpha_out(tmp_path, monkeypatch, capsys):
+def test_transfer_does_not_give_a_users_model_the_gpts_tuned_alpha_out(user_module, capsys):
     import json
-    import sys
 
     from fxparam.cli import main
 
-    (tmp_path / "r17b_tiny.py").write_text(
+    tmp_path = user_module(
+        "r17b_tiny",
         "import torch.nn as nn\n\n\n"
         "def make(width, depth=1):\n"
         "    return nn.Sequential(nn.Embedding(256, width), *[nn.Linear(width, width) for _ in range(depth)],\n"
-        "                         nn.Linear(width, 256))\n"
+        "                         nn.Linear(width, 256))\n",
     )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
-    monkeypatch.delitem(sys.modules, "r17b_tiny", raising=False)
     base = [
         "transfer",
         "--model",
